@@ -1,0 +1,118 @@
+"""Display channel (``DCMD``): pixmap cache, GLZ dictionary and the surfaces the client holds."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from schemas._base import U8, U64, ChannelType, StateModel, StrictModel
+from schemas.registry import register
+
+__all__ = [
+    "GLZ_MAX_ENCODERS",
+    "GLZ_MAX_WINDOW",
+    "MAX_COORDINATE",
+    "MAX_PIXMAP_CACHE_SIZE",
+    "NUM_SURFACES",
+    "DisplayState",
+    "GlzDictionary",
+    "LossyRect",
+    "LossySurface",
+    "SurfacesLossless",
+    "SurfacesLossy",
+]
+
+#: spice-server's per-client surface arrays have NUM_SURFACES entries; an id is an index.
+NUM_SURFACES = 1024
+#: LZ_MAX_WINDOW_SIZE: a larger GLZ window makes the target abort.
+GLZ_MAX_WINDOW = 1 << 25
+#: MAX_LZ_ENCODERS: the only value a real source sends; others under- or over-size the target's
+#: per-encoder arrays.
+GLZ_MAX_ENCODERS = 4
+#: Pixmap cache size as a client asks for in DISPLAY_INIT; bounded well above real clients
+#: (tens of MiB) and far from the int64 edge the target does not check.
+MAX_PIXMAP_CACHE_SIZE = 1 << 32
+#: Lossy rects are the bounding boxes of regions on a surface; QXL surfaces are far smaller.
+MAX_COORDINATE = 1 << 16
+
+SurfaceId = Annotated[int, Field(ge=0, lt=NUM_SURFACES)]
+Coordinate = Annotated[int, Field(ge=0, le=MAX_COORDINATE)]
+
+
+class GlzDictionary(StrictModel):
+    """``GlzEncDictRestoreData``."""
+
+    window_size: Annotated[int, Field(ge=1, le=GLZ_MAX_WINDOW)]
+    max_encoders: Annotated[int, Field(ge=GLZ_MAX_ENCODERS, le=GLZ_MAX_ENCODERS)]
+    last_image_id: U64
+
+
+class LossyRect(StrictModel):
+    """``SpiceMigrateDataRect`` (left, top, right, bottom: not spice.proto's order)."""
+
+    left: Coordinate
+    top: Coordinate
+    right: Coordinate
+    bottom: Coordinate
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LossyRect:
+        if self.left > self.right or self.top > self.bottom:
+            raise ValueError("rect edges are out of order")
+        return self
+
+
+class LossySurface(StrictModel):
+    id: SurfaceId
+    lossy_rect: LossyRect
+
+
+def _check_ascending(ids: list[int]) -> None:
+    # The source walks its surfaces in id order; a repeated id aborts the target.
+    for before, after in zip(ids, ids[1:], strict=False):
+        if after <= before:
+            raise ValueError(f"surface ids must be strictly ascending ({before} then {after})")
+
+
+class SurfacesLossless(StrictModel):
+    """Surfaces at the client when the source did not use lossy (JPEG) compression."""
+
+    kind: Literal["lossless"] = "lossless"
+    ids: Annotated[tuple[SurfaceId, ...], Field(max_length=NUM_SURFACES)]
+
+    @model_validator(mode="after")
+    def _ascending(self) -> SurfacesLossless:
+        _check_ascending(list(self.ids))
+        return self
+
+
+class SurfacesLossy(StrictModel):
+    """Surfaces at the client with the bounding box of each one's lossy region."""
+
+    kind: Literal["lossy"] = "lossy"
+    surfaces: Annotated[tuple[LossySurface, ...], Field(min_length=1, max_length=NUM_SURFACES)]
+
+    @model_validator(mode="after")
+    def _ascending(self) -> SurfacesLossy:
+        # min_length=1: an empty list is the same bytes either way and is always lossless.
+        _check_ascending([s.id for s in self.surfaces])
+        return self
+
+
+@register
+class DisplayState(StateModel):
+    """``SpiceMigrateDataDisplay`` with its surfaces-at-client list."""
+
+    schema_version: ClassVar[int] = 1
+    channel_types: ClassVar[tuple[ChannelType, ...]] = (ChannelType.DISPLAY,)
+
+    message_serial: U64
+    low_bandwidth: bool
+    pixmap_cache_id: U8
+    pixmap_cache_size: Annotated[int, Field(ge=0, le=MAX_PIXMAP_CACHE_SIZE)]
+    pixmap_cache_freezer: bool
+    pixmap_cache_clients: tuple[U64, U64, U64, U64]
+    glz_dict_id: U8
+    glz_dict: GlzDictionary
+    surfaces: Annotated[SurfacesLossless | SurfacesLossy, Field(discriminator="kind")]

@@ -1,0 +1,130 @@
+"""Main channel (``MNMD``): the guest agent's char-device state and the agent message filters."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+from pydantic import Field, model_validator
+
+from schemas._base import U32, ChannelType, StateModel, StrictModel
+from schemas.chardev import CharDeviceState
+from schemas.registry import register
+
+__all__ = [
+    "AGENT_CLIENT_WINDOW",
+    "MAIN_FIXED_SIZE",
+    "MAIN_MAX_BODY",
+    "AgentReadState",
+    "AgentWriteState",
+    "MainState",
+]
+
+#: spice-server's main channel receives MIGRATE_DATA into a fixed 4096 + 11 * 2048 byte buffer;
+#: a larger body is refused by the target, so the source can never produce one.
+MAIN_MAX_BODY = 26_624
+#: The native body's fixed part (header included) before the tail blocks.
+MAIN_FIXED_SIZE = 65
+#: Tokens spice-server hands the client for client->agent messages (REDS_AGENT_WINDOW_SIZE).
+AGENT_CLIENT_WINDOW = 10
+#: sizeof(VDAgentMessage): a partial header is always shorter.
+VD_AGENT_MESSAGE_HEADER_SIZE = 20
+#: sizeof(VDIChunkHeader).
+VDI_CHUNK_HEADER_SIZE = 8
+#: The target reads the partial agent header 2 bytes after where the source put it (a quirk
+#: of spice-server's restore path); keeping the body 2 bytes under the buffer keeps that read
+#: inside the target's receive buffer.
+PARTIAL_HEADER_READ_SLACK = 2
+
+FilterResult = Annotated[int, Field(ge=0, le=3)]
+"""AgentMsgFilterResult: 0 OK, 1 DISCARD, 2 PROTO_ERROR, 3 MONITORS_CONFIG."""
+MessageRemaining = Annotated[int, Field(ge=0, le=2**31 - 1)]
+"""Stored into a C int on the target."""
+
+
+class AgentReadState(StrictModel):
+    """Where the source was in reading agent->client data from the guest."""
+
+    chunk_header_size: Annotated[int, Field(ge=0, le=VDI_CHUNK_HEADER_SIZE)]
+    # Left over from the last complete chunk when chunk_header_size is 0: not required to be zero.
+    chunk_port: U32
+    chunk_size: U32
+    msg_header_done: bool
+    msg_header_partial_len: Annotated[int, Field(ge=0, lt=VD_AGENT_MESSAGE_HEADER_SIZE)]
+    msg_header_partial: Annotated[bytes, Field(max_length=VD_AGENT_MESSAGE_HEADER_SIZE - 1)]
+    msg_remaining: MessageRemaining
+    msg_filter_result: FilterResult
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AgentReadState:
+        if len(self.msg_header_partial) != self.msg_header_partial_len:
+            raise ValueError(
+                f"msg_header_partial holds {len(self.msg_header_partial)} bytes but "
+                f"msg_header_partial_len is {self.msg_header_partial_len}"
+            )
+        if self.msg_header_partial_len and (
+            self.chunk_header_size != VDI_CHUNK_HEADER_SIZE or self.msg_header_done
+        ):
+            raise ValueError(
+                "a partial message header needs a complete chunk header and an unfinished message"
+            )
+        return self
+
+
+class AgentWriteState(StrictModel):
+    """Where the source was in filtering client->agent messages."""
+
+    msg_remaining: MessageRemaining
+    msg_filter_result: FilterResult
+
+
+@register
+class MainState(StateModel):
+    """``SpiceMigrateDataMain``: the vdagent port and the agent message filters."""
+
+    schema_version: ClassVar[int] = 1
+    channel_types: ClassVar[tuple[ChannelType, ...]] = (ChannelType.MAIN,)
+
+    agent: CharDeviceState
+    client_agent_started: bool
+    agent_to_client: AgentReadState
+    client_to_agent: AgentWriteState
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MainState:
+        agent = self.agent
+        if not agent.connected and (
+            self.client_agent_started
+            or self.agent_to_client != _IDLE_READ
+            or self.client_to_agent != _IDLE_WRITE
+        ):
+            raise ValueError("without an agent on the source every agent field must be zero")
+        if agent.num_client_tokens + agent.write_num_client_tokens > AGENT_CLIENT_WINDOW:
+            raise ValueError(
+                f"num_client_tokens + write_num_client_tokens exceeds the agent window of "
+                f"{AGENT_CLIENT_WINDOW}"
+            )
+        body = (
+            MAIN_FIXED_SIZE
+            + agent.write_size
+            + self.agent_to_client.msg_header_partial_len
+            + (PARTIAL_HEADER_READ_SLACK if self.agent_to_client.msg_header_partial_len else 0)
+        )
+        if body > MAIN_MAX_BODY:
+            raise ValueError(
+                f"native body would be {body} bytes (with read slack), over the main channel's "
+                f"{MAIN_MAX_BODY}-byte receive buffer"
+            )
+        return self
+
+
+_IDLE_READ = AgentReadState(
+    chunk_header_size=0,
+    chunk_port=0,
+    chunk_size=0,
+    msg_header_done=False,
+    msg_header_partial_len=0,
+    msg_header_partial=b"",
+    msg_remaining=0,
+    msg_filter_result=0,
+)
+_IDLE_WRITE = AgentWriteState(msg_remaining=0, msg_filter_result=0)
