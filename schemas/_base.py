@@ -1,4 +1,4 @@
-"""Shared building blocks of every channel's schema: strict config, bounded integers, channel types."""
+"""Shared building blocks of every channel schema: strict config, bounded ints, channel types."""
 
 from __future__ import annotations
 

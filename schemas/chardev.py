@@ -43,7 +43,9 @@ class CharDeviceState(StrictModel):
                 f"write_size {self.write_size}"
             )
         if not self.connected and (
-            self.num_client_tokens or self.num_send_tokens or self.write_size
+            self.num_client_tokens
+            or self.num_send_tokens
+            or self.write_size
             or self.write_num_client_tokens
         ):
             raise ValueError("a disconnected char device must carry no tokens and no data")

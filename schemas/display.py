@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -70,7 +71,7 @@ class LossySurface(StrictModel):
 
 def _check_ascending(ids: list[int]) -> None:
     # The source walks its surfaces in id order; a repeated id aborts the target.
-    for before, after in zip(ids, ids[1:], strict=False):
+    for before, after in itertools.pairwise(ids):
         if after <= before:
             raise ValueError(f"surface ids must be strictly ascending ({before} then {after})")
 

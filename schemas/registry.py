@@ -14,7 +14,9 @@ def register(model: type[StateModel]) -> type[StateModel]:
     for channel in model.channel_types:
         key = (channel, model.schema_version)
         if key in _REGISTRY:
-            raise RuntimeError(f"schema for {channel.name} v{model.schema_version} registered twice")
+            raise RuntimeError(
+                f"schema for {channel.name} v{model.schema_version} registered twice"
+            )
         _REGISTRY[key] = model
     return model
 

@@ -19,20 +19,24 @@ __all__ = ["add_parsers"]
 def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     channels = sorted(native.CHANNEL_NAMES, key=lambda n: native.CHANNEL_NAMES[n])
     decode = subparsers.add_parser(
-        "decode", help="print a native migration payload as JSON", description=(
+        "decode",
+        help="print a native migration payload as JSON",
+        description=(
             "Decode spice-server's native MIGRATE_DATA body for CHANNEL strictly and print "
             "the validated model as JSON."
-        )
+        ),
     )
     decode.add_argument("--channel", required=True, choices=channels)
     decode.add_argument("file", metavar="FILE", help="native payload ('-' for stdin)")
     decode.set_defaults(func=_decode)
 
     encode = subparsers.add_parser(
-        "encode", help="write native bytes from JSON", description=(
+        "encode",
+        help="write native bytes from JSON",
+        description=(
             "Validate a JSON model of CHANNEL's migration state and write the exact native "
             "bytes spice-server expects."
-        )
+        ),
     )
     encode.add_argument("--channel", required=True, choices=channels)
     encode.add_argument("file", metavar="FILE.json", help="the model as JSON ('-' for stdin)")

@@ -38,9 +38,7 @@ def channel_by_name(name: str) -> ChannelType:
     try:
         return CHANNEL_NAMES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown channel {name!r}; one of: {', '.join(CHANNEL_NAMES)}"
-        ) from None
+        raise ValueError(f"unknown channel {name!r}; one of: {', '.join(CHANNEL_NAMES)}") from None
 
 
 def layout_for(channel: ChannelType | int) -> Layout[Any]:

@@ -35,8 +35,8 @@ from gateway.errors import (
 )
 
 __all__ = [
-    "HEADER",
     "DEFAULT_MAX_PAYLOAD",
+    "HEADER",
     "BytesBlock",
     "Field",
     "Layout",
@@ -186,7 +186,9 @@ class Layout(Generic[M]):
         data = bytes(data)
         size = len(data)
         if size > self.max_size:
-            raise self.fail(TooLarge, f"payload of {size} bytes exceeds the {self.max_size}-byte limit")
+            raise self.fail(
+                TooLarge, f"payload of {size} bytes exceeds the {self.max_size}-byte limit"
+            )
         if size < HEADER.size:
             raise self.fail(Truncated, f"{size} bytes, shorter than the 8-byte header")
         magic, version = HEADER.unpack_from(data)
@@ -194,7 +196,8 @@ class Layout(Generic[M]):
             raise self.fail(BadMagic, f"magic {magic!r} at offset 0, expected {self.magic!r}")
         if version != self.version:
             raise self.fail(
-                UnsupportedVersion, f"version {version} at offset 4, only {self.version} is supported"
+                UnsupportedVersion,
+                f"version {version} at offset 4, only {self.version} is supported",
             )
         if size < self.fixed_size:
             raise self.fail(
@@ -217,14 +220,16 @@ class Layout(Generic[M]):
             elif f.kind == "const" and value != f.const:
                 raise self.fail(
                     UnsupportedVersion,
-                    f"{f.name} at offset {self.offsets[f.path]} is {value}, only {f.const} is supported",
+                    f"{f.name} at offset {self.offsets[f.path]} is {value}, "
+                    f"only {f.const} is supported",
                 )
         cursor = self.fixed_size
         for block in self.blocks:
             cursor = self._decode_block(block, data, values, tree, cursor)
         if cursor != size:
             raise self.fail(
-                UnaccountedBytes, f"{size - cursor} trailing bytes at offset {cursor} ({size} bytes)"
+                UnaccountedBytes,
+                f"{size - cursor} trailing bytes at offset {cursor} ({size} bytes)",
             )
         try:
             return self.model.model_validate(_tuples(tree))
@@ -252,14 +257,18 @@ class Layout(Generic[M]):
                 f"{block.ptr} {ptr} points into the {self.fixed_size}-byte fixed part",
             )
         if ptr >= size:
-            raise self.fail(OffsetOutOfRange, f"{block.ptr} {ptr} points past the end ({size} bytes)")
+            raise self.fail(
+                OffsetOutOfRange, f"{block.ptr} {ptr} points past the end ({size} bytes)"
+            )
         if ptr < cursor:
             raise self.fail(
-                OverlappingBlocks, f"{block.ptr} {ptr} starts inside the previous block (ends at {cursor})"
+                OverlappingBlocks,
+                f"{block.ptr} {ptr} starts inside the previous block (ends at {cursor})",
             )
         if ptr > cursor:
             raise self.fail(
-                UnaccountedBytes, f"{ptr - cursor} unaccounted bytes at offset {cursor} before {block.ptr}"
+                UnaccountedBytes,
+                f"{ptr - cursor} unaccounted bytes at offset {cursor} before {block.ptr}",
             )
         if isinstance(block, BytesBlock):
             length = int(values[block.size])

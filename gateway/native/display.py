@@ -70,9 +70,13 @@ class SurfaceList:
     def encode(self, state: DisplayState) -> bytes:
         surfaces = state.surfaces
         if isinstance(surfaces, SurfacesLossless):
-            return _COUNT.pack(len(surfaces.ids)) + b"".join(_LOSSLESS.pack(i) for i in surfaces.ids)
+            return _COUNT.pack(len(surfaces.ids)) + b"".join(
+                _LOSSLESS.pack(i) for i in surfaces.ids
+            )
         return _COUNT.pack(len(surfaces.surfaces)) + b"".join(
-            _LOSSY.pack(s.id, s.lossy_rect.left, s.lossy_rect.top, s.lossy_rect.right, s.lossy_rect.bottom)
+            _LOSSY.pack(
+                s.id, s.lossy_rect.left, s.lossy_rect.top, s.lossy_rect.right, s.lossy_rect.bottom
+            )
             for s in surfaces.surfaces
         )
 

@@ -1,0 +1,163 @@
+"""The proxy's TOML configuration: this host, its keys, its trusted peers and its routes."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError, TooLarge
+
+__all__ = ["Limits", "Peer", "ProxyConfig", "Route", "load_config", "parse_address"]
+
+#: A config file is small; refuse anything that is not before parsing it.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+HostId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = str(ipaddress.IPv6Address(host[1:-1]))
+    return host, port
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
+
+
+class Limits(_Strict):
+    """Resource bounds; every one of them applies per process."""
+
+    max_connections: Annotated[int, Field(ge=1, le=65536)] = 1024
+    max_message_size: Annotated[int, Field(ge=4096, le=1 << 30)] = 64 * 1024 * 1024
+    max_buffered_bytes: Annotated[int, Field(ge=65536, le=1 << 30)] = 4 * 1024 * 1024
+    link_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    shutdown_grace: Annotated[float, Field(ge=0, le=600)] = 10.0
+    blob_ttl: Annotated[int, Field(ge=1, le=3600)] = 300
+    clock_skew: Annotated[int, Field(ge=0, le=300)] = 5
+
+
+class Peer(_Strict):
+    """Another gateway host, and the addresses by which clients are told to reach it."""
+
+    host_id: HostId
+    addresses: Annotated[tuple[str, ...], Field(min_length=1, max_length=64)]
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for address in value:
+            parse_address(address)
+        return value
+
+
+class Route(_Strict):
+    """One VM's SPICE endpoint: where clients connect, and the spice-server behind it."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    listen: str
+    upstream: str
+    vm_id: Annotated[str, Field(min_length=1, max_length=128)]
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    upstream_tls: bool = False
+    upstream_ca: str | None = None
+    upstream_server_name: str | None = None
+
+    @field_validator("listen", "upstream")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        parse_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Route:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.upstream_ca is not None and not self.upstream_tls:
+            raise ValueError("upstream_ca needs upstream_tls = true")
+        return self
+
+
+class ProxyConfig(_Strict):
+    host_id: HostId
+    keyring: str
+    replay_db: str
+    control_socket: str | None = None
+    limits: Limits = Limits()
+    peers: Annotated[tuple[Peer, ...], Field(max_length=4096)] = ()
+    routes: Annotated[tuple[Route, ...], Field(min_length=1, max_length=4096)]
+
+    @model_validator(mode="after")
+    def _unique(self) -> ProxyConfig:
+        names = [route.name for route in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError("route names must be unique")
+        listens = [parse_address(route.listen) for route in self.routes]
+        if len(set(listens)) != len(listens):
+            raise ValueError("two routes listen on the same address")
+        peer_ids = [peer.host_id for peer in self.peers]
+        if len(set(peer_ids)) != len(peer_ids) or self.host_id in peer_ids:
+            raise ValueError("peer host ids must be unique and differ from host_id")
+        return self
+
+    def peer_for_address(self, host: str, port: int) -> str | None:
+        """The host id of the trusted peer clients reach at ``host:port``, if any."""
+        for peer in self.peers:
+            for address in peer.addresses:
+                if parse_address(address) == (host, port):
+                    return peer.host_id
+        return None
+
+    @property
+    def trusted_sources(self) -> frozenset[str]:
+        return frozenset(peer.host_id for peer in self.peers)
+
+
+def _frozen(node: Any) -> Any:
+    if isinstance(node, list):
+        return tuple(_frozen(item) for item in node)
+    if isinstance(node, dict):
+        return {key: _frozen(value) for key, value in node.items()}
+    return node
+
+
+def parse_config(text: bytes, origin: str = "config") -> ProxyConfig:
+    """Parse TOML bytes into a validated config (ConfigError on any problem)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise TooLarge(f"{origin}: more than {MAX_CONFIG_BYTES} bytes")
+    try:
+        document = tomllib.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"{origin}: not valid TOML: {error}") from None
+    # TOML arrays become lists; the strict model wants tuples for its immutable sequences.
+    document = _frozen(document)
+    try:
+        return ProxyConfig.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc']) or 'config'}: {item['msg']}"
+            for item in error.errors(include_input=False, include_url=False)[:5]
+        )
+        raise ConfigError(f"{origin}: {problems}") from None
+
+
+def load_config(path: str | Path) -> ProxyConfig:
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+    return parse_config(text, str(path))

@@ -1,0 +1,1 @@
+"""Operating the gateway: structured logs and the audit trail, metrics, the local control API."""

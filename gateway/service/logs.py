@@ -1,0 +1,52 @@
+"""Structured (JSON lines) logging and the audit trail.
+
+Audit events are ordinary log records on the ``spice_migration_gateway.audit`` logger with an
+``event`` name and fields; operators route that logger wherever their audit trail lives.
+Nothing here ever formats key material: callers pass ids, never secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+__all__ = ["AUDIT", "LOG", "JsonFormatter", "audit", "configure_logging"]
+
+LOG = logging.getLogger("spice_migration_gateway")
+AUDIT = logging.getLogger("spice_migration_gateway.audit")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("spice_migration_gateway")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def audit(event: str, message: str, **fields: Any) -> None:
+    """Record an audit event (always at INFO or above, never with secrets)."""
+    level = logging.WARNING if fields.get("outcome") == "refused" else logging.INFO
+    AUDIT.log(level, message, extra={"fields": {"event": event, "at": time.time(), **fields}})
