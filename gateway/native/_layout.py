@@ -84,7 +84,7 @@ class BytesBlock:
     size: str
 
     def encode(self, state: BaseModel) -> bytes:
-        value = _getter(self.path)(state)
+        value = _attribute(state, self.path)
         assert isinstance(value, bytes)
         return value
 
@@ -93,43 +93,85 @@ class TailBlock(Protocol):
     """A block with a structure of its own (the display surface list); never empty."""
 
     @property
+    def path(self) -> str: ...
+
+    @property
     def ptr(self) -> str: ...
 
-    def decode(self, layout: Layout[Any], data: bytes, start: int) -> tuple[dict[str, Any], int]:
-        """Decode the block at ``start`` (checked to lie inside ``data``); return the model
-        values by path and the offset just past the block."""
+    def decode(self, layout: Layout[Any], data: bytes, start: int) -> tuple[Any, int]:
+        """Decode the block at ``start`` (checked to lie inside ``data``); return the value of
+        the model attribute ``path`` and the offset just past the block."""
 
     def encode(self, state: Any) -> bytes:
         """The block's bytes for ``state``."""
 
 
-def _getter(path: str) -> Callable[[Any], Any]:
-    parts = path.split(".")
-
-    def get(obj: Any) -> Any:
-        for part in parts:
-            obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
-        return obj
-
-    return get
+def _attribute(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
-def _assign(tree: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    node = tree
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+def _expression(path: str, root: str) -> str:
+    """Python source reading ``path`` from ``root`` (attributes, and indexes for numeric parts)."""
+    source = root
+    for part in path.split("."):
+        if part.isdigit():
+            source += f"[{int(part)}]"
+        elif part.isidentifier():
+            source += f".{part}"
+        else:
+            raise ValueError(f"bad field path {path!r}")
+    return source
 
 
-def _tuples(node: Any) -> Any:
-    """Turn dicts keyed "0".."n-1" (tuple elements addressed by path) into tuples."""
-    if not isinstance(node, dict):
-        return node
-    converted = {key: _tuples(value) for key, value in node.items()}
-    if converted and all(key.isdigit() for key in converted):
-        return tuple(converted[str(i)] for i in range(len(converted)))
-    return converted
+def _compile(name: str, source: str) -> Callable[..., Any]:
+    # Like dataclasses and namedtuple: the layouts are the project's own declarations, turned
+    # into straight-line functions once, so each decode and encode costs a single call.
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<layout {name}>", "exec"), namespace)  # noqa: S102
+    function: Callable[..., Any] = namespace[name]
+    return function
+
+
+def _compile_builder(paths: Sequence[str]) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """A function turning the flat value list into the nested input of the model.
+
+    Dotted paths nest dicts; numeric parts are tuple elements.
+    """
+    tree: dict[str, Any] = {}
+    for index, path in enumerate(paths):
+        _expression(path, "v")  # validates the path
+        node = tree
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = index
+
+    def source(node: Any) -> str:
+        if isinstance(node, int):
+            return f"v[{node}]"
+        if all(key.isdigit() for key in node):
+            return "(" + "".join(source(node[str(i)]) + ", " for i in range(len(node))) + ")"
+        return "{" + ", ".join(f"{key!r}: {source(child)}" for key, child in node.items()) + "}"
+
+    return _compile("build", f"def build(v):\n    return {source(tree)}\n")
+
+
+def _compile_getter(fields: Sequence[Field]) -> Callable[[Any, Sequence[int]], tuple[Any, ...]]:
+    """A function returning the values to pack for a model, given the tail blocks' offsets."""
+    items, ptr = [], 0
+    for f in fields:
+        if f.kind == "ptr":
+            items.append(f"p[{ptr}]")
+            ptr += 1
+        elif f.kind == "const":
+            items.append(str(int(f.const)))
+        elif f.kind == "bool":
+            items.append(f"int({_expression(f.path, 's')})")
+        else:
+            items.append(_expression(f.path, "s"))
+    return _compile("get", "def get(s, p):\n    return (" + ", ".join(items) + ",)\n")
 
 
 def schema_error(channel: str, error: ValidationError) -> SchemaViolation:
@@ -166,13 +208,21 @@ class Layout(Generic[M]):
         self.max_size = max_size
         self.struct = struct.Struct("<4sI" + "".join(f.code for f in self.fields))
         self.fixed_size = self.struct.size
-        offsets, offset = {}, HEADER.size
+        self.offsets: dict[str, int] = {}
+        offset = HEADER.size
         for f in self.fields:
-            offsets[f.path] = offset
+            self.offsets[f.path] = offset
             offset += struct.calcsize("<" + f.code)
-        self.offsets: dict[str, int] = offsets
-        self._getters = {f.path: _getter(f.path) for f in self.fields if f.kind in ("int", "bool")}
-        self._ptr_index = {f.path: i for i, f in enumerate(self.fields) if f.kind == "ptr"}
+        # Index of each field in the unpacked tuple (magic and version come first).
+        self._raw_index = {f.path: i + 2 for i, f in enumerate(self.fields)}
+        modelled = [f for f in self.fields if f.kind in ("int", "bool")]
+        self._modelled = tuple(self._raw_index[f.path] for f in modelled)
+        self._bools = tuple(i for i, f in enumerate(modelled) if f.kind == "bool")
+        self._consts = tuple(f for f in self.fields if f.kind == "const")
+        self._build = _compile_builder([f.path for f in modelled] + [b.path for b in self.blocks])
+        self._get = _compile_getter(self.fields)
+        ptr_order = [f.path for f in self.fields if f.kind == "ptr"]
+        self._block_slots = tuple(ptr_order.index(b.ptr) for b in self.blocks)
 
     # --- decoding ---------------------------------------------------------------------------
 
@@ -204,53 +254,49 @@ class Layout(Generic[M]):
                 Truncated, f"{size} bytes, shorter than the {self.fixed_size}-byte fixed part"
             )
         raw = self.struct.unpack_from(data)
-        tree: dict[str, Any] = {}
-        values: dict[str, Any] = {}
-        for f, value in zip(self.fields, raw[2:], strict=True):
-            values[f.path] = value
-            if f.kind == "int":
-                _assign(tree, f.path, value)
-            elif f.kind == "bool":
-                if value not in (0, 1):
-                    raise self.fail(
-                        SchemaViolation,
-                        f"{f.name} at offset {self.offsets[f.path]} is {value}, must be 0 or 1",
-                    )
-                _assign(tree, f.path, bool(value))
-            elif f.kind == "const" and value != f.const:
+        for f in self._consts:
+            value = raw[self._raw_index[f.path]]
+            if value != f.const:
                 raise self.fail(
                     UnsupportedVersion,
                     f"{f.name} at offset {self.offsets[f.path]} is {value}, "
                     f"only {f.const} is supported",
                 )
+        values = [raw[i] for i in self._modelled]
+        for position in self._bools:
+            value = values[position]
+            if value not in (0, 1):
+                f = self.fields[self._modelled[position] - 2]
+                raise self.fail(
+                    SchemaViolation,
+                    f"{f.name} at offset {self.offsets[f.path]} is {value}, must be 0 or 1",
+                )
+            values[position] = value == 1
         cursor = self.fixed_size
         for block in self.blocks:
-            cursor = self._decode_block(block, data, values, tree, cursor)
+            value, cursor = self._decode_block(block, data, raw, cursor)
+            values.append(value)
         if cursor != size:
             raise self.fail(
                 UnaccountedBytes,
                 f"{size - cursor} trailing bytes at offset {cursor} ({size} bytes)",
             )
         try:
-            return self.model.model_validate(_tuples(tree))
+            return self.model.model_validate(self._build(values))
         except ValidationError as error:
             raise schema_error(self.channel, error) from None
 
     def _decode_block(
-        self,
-        block: BytesBlock | TailBlock,
-        data: bytes,
-        values: dict[str, Any],
-        tree: dict[str, Any],
-        cursor: int,
-    ) -> int:
+        self, block: BytesBlock | TailBlock, data: bytes, raw: tuple[Any, ...], cursor: int
+    ) -> tuple[Any, int]:
+        """Check the block's offset against the layout so far, then decode it."""
         size = len(data)
-        ptr = int(values[block.ptr])
-        if isinstance(block, BytesBlock) and values[block.size] == 0:
+        ptr: int = raw[self._raw_index[block.ptr]]
+        length: int = raw[self._raw_index[block.size]] if isinstance(block, BytesBlock) else -1
+        if length == 0:
             if ptr != 0:
                 raise self.fail(NonCanonical, f"{block.ptr} is {ptr} for an empty block, must be 0")
-            _assign(tree, block.path, b"")
-            return cursor
+            return b"", cursor
         if ptr < self.fixed_size:
             raise self.fail(
                 OffsetIntoFixedPart,
@@ -271,18 +317,13 @@ class Layout(Generic[M]):
                 f"{ptr - cursor} unaccounted bytes at offset {cursor} before {block.ptr}",
             )
         if isinstance(block, BytesBlock):
-            length = int(values[block.size])
             if length > size - ptr:
                 raise self.fail(
                     CountOutOfRange,
                     f"{block.size} {length} at offset {ptr} runs past the end ({size} bytes)",
                 )
-            _assign(tree, block.path, data[ptr : ptr + length])
-            return ptr + length
-        items, end = block.decode(self, data, ptr)
-        for path, item in items.items():
-            _assign(tree, path, item)
-        return end
+            return data[ptr : ptr + length], ptr + length
+        return block.decode(self, data, ptr)
 
     # --- encoding ---------------------------------------------------------------------------
 
@@ -290,20 +331,11 @@ class Layout(Generic[M]):
         """Validated model -> the exact bytes spice-server writes."""
         if not isinstance(state, self.model):
             raise TypeError(f"{self.channel}: expected {self.model.__name__}")
-        tails: list[bytes] = []
-        ptrs: dict[str, int] = {}
+        tails = [block.encode(state) for block in self.blocks]
+        ptrs = [0] * len(tails)
         cursor = self.fixed_size
-        for block in self.blocks:
-            payload = block.encode(state)
-            ptrs[block.ptr] = cursor if payload else 0
+        for slot, payload in zip(self._block_slots, tails, strict=True):
+            ptrs[slot] = cursor if payload else 0
             cursor += len(payload)
-            tails.append(payload)
-        values: list[Any] = [self.magic, self.version]
-        for f in self.fields:
-            if f.kind == "ptr":
-                values.append(ptrs[f.path])
-            elif f.kind == "const":
-                values.append(f.const)
-            else:
-                values.append(int(self._getters[f.path](state)))
-        return self.struct.pack(*values) + b"".join(tails)
+        fixed = self.struct.pack(self.magic, self.version, *self._get(state, ptrs))
+        return fixed + b"".join(tails) if tails else fixed

@@ -27,9 +27,10 @@ _LOSSY = struct.Struct("<Iiiii")
 class SurfaceList:
     """The surfaces-at-client tail block."""
 
+    path: str = "surfaces"
     ptr: str = "surfaces_at_client_ptr"
 
-    def decode(self, layout: Layout[Any], data: bytes, start: int) -> tuple[dict[str, Any], int]:
+    def decode(self, layout: Layout[Any], data: bytes, start: int) -> tuple[Any, int]:
         size = len(data)
         if size - start < _COUNT.size:
             raise layout.fail(
@@ -45,7 +46,7 @@ class SurfaceList:
         room = size - first
         if room == count * _LOSSLESS.size:
             ids = tuple(i for (i,) in _LOSSLESS.iter_unpack(data[first:]))
-            return {"surfaces": {"kind": "lossless", "ids": ids}}, size
+            return {"kind": "lossless", "ids": ids}, size
         if room == count * _LOSSY.size:
             surfaces = tuple(
                 {
@@ -54,7 +55,7 @@ class SurfaceList:
                 }
                 for sid, left, top, right, bottom in _LOSSY.iter_unpack(data[first:])
             )
-            return {"surfaces": {"kind": "lossy", "surfaces": surfaces}}, size
+            return {"kind": "lossy", "surfaces": surfaces}, size
         if room < count * _LOSSLESS.size:
             raise layout.fail(
                 CountOutOfRange,
