@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,7 +69,7 @@ class Route(_Strict):
     name: Annotated[str, Field(min_length=1, max_length=128)]
     listen: str
     upstream: str
-    vm_id: Annotated[str, Field(min_length=1, max_length=128)]
+    vm_id: Annotated[uuid.UUID, Field(strict=False)]
     tls_cert: str | None = None
     tls_key: str | None = None
     upstream_tls: bool = False

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["AUDIT", "LOG", "JsonFormatter", "audit", "configure_logging"]
+__all__ = ["AUDIT", "LOG", "JsonFormatter", "audit", "configure_logging", "log"]
 
 LOG = logging.getLogger("spice_migration_gateway")
 AUDIT = logging.getLogger("spice_migration_gateway.audit")
@@ -44,6 +44,11 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def log(level: int, message: str, **fields: Any) -> None:
+    """A structured operational log line (``fields`` become JSON keys)."""
+    LOG.log(level, message, extra={"fields": fields})
 
 
 def audit(event: str, message: str, **fields: Any) -> None:

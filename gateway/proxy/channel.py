@@ -1,0 +1,305 @@
+"""What the proxy does with each SPICE event of one channel connection: forward it, or rewrite it.
+
+Every unit is forwarded as the exact bytes received, except the migration payloads:
+
+- server -> client ``MIGRATE_DATA`` (this host is the source): decoded strictly, validated and
+  sealed for the target host the client was sent to;
+- client -> server ``MIGRATE_DATA`` (this host is the target): opened (authenticated first, then
+  decoded, validated, context and replay checked) and rebuilt into native bytes.
+
+Anything refused raises a :class:`~gateway.errors.GatewayError` after an audit record and a
+metric; the caller then closes both connections of the channel, so spice-server never sees a byte
+the gateway did not authenticate. No I/O here: the asyncio layer feeds events in and writes the
+returned bytes out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway import native
+from gateway.envelope import (
+    ANY_MIGRATION,
+    Context,
+    ExpectedContext,
+    Policy,
+    open_envelope,
+    seal,
+)
+from gateway.errors import GatewayError, ProtocolError
+from gateway.keys import Keyring
+from gateway.proxy.config import ProxyConfig, Route
+from gateway.proxy.sessions import DATA_CHANNELS, Session, SessionTable
+from gateway.replay import ReplayGuard
+from gateway.service.logs import audit, log
+from gateway.service.metrics import Metrics
+from gateway.spice.constants import AuthMechanism, ChannelType
+from gateway.spice.events import (
+    AuthMechanismReceived,
+    Event,
+    LinkMessReceived,
+    Message,
+    reframe,
+)
+from gateway.spice.messages import (
+    ClientMigrateData,
+    MainInit,
+    MigrateBeginSeamless,
+    MigrateData,
+    MigrateSwitchHost,
+)
+
+__all__ = ["ChannelHandler", "ProxyState"]
+
+
+@dataclass
+class ProxyState:
+    """Everything the channel handlers of one proxy process share."""
+
+    config: ProxyConfig
+    keyring: Callable[[], Keyring]
+    replay_guard: ReplayGuard
+    sessions: SessionTable
+    metrics: Metrics
+    policy: Policy
+    clock: Callable[[], float] = time.time
+
+
+def _channel_name(channel_type: int) -> str:
+    try:
+        return ChannelType(channel_type).name.lower()
+    except ValueError:
+        return f"type-{channel_type}"
+
+
+class ChannelHandler:
+    """The gateway's decisions for one proxied channel connection."""
+
+    def __init__(self, state: ProxyState, route: Route, peer: str) -> None:
+        self.state = state
+        self.route = route
+        self.peer = peer
+        self.channel_type = 0
+        self.channel_id = 0
+        self.session: Session | None = None
+
+    # --- what the caller uses -----------------------------------------------------------------
+
+    @property
+    def channel(self) -> str:
+        return f"{_channel_name(self.channel_type)}:{self.channel_id}"
+
+    def forward(self, event: Event) -> bytes:
+        """The bytes to send on for ``event``; raises GatewayError when the channel must close."""
+        if isinstance(event, Message):
+            migration = event.migration
+            if isinstance(migration, MigrateData):
+                return reframe(event, self._seal(migration.payload))
+            if isinstance(migration, ClientMigrateData):
+                return reframe(event, self._open(migration.payload))
+            if migration is not None:
+                self._observe(migration)
+            return event.raw
+        if isinstance(event, LinkMessReceived):
+            self.channel_type = event.mess.channel_type
+            self.channel_id = event.mess.channel_id
+            if event.mess.connection_id:
+                self._attach(event.mess.connection_id)
+            if self.session is not None and self.channel_type in DATA_CHANNELS:
+                self.session.linked.add((self.channel_type, self.channel_id))
+        elif isinstance(event, AuthMechanismReceived) and event.mechanism == AuthMechanism.SASL:
+            # A SASL security layer would wrap the data stage in a framing the gateway cannot
+            # read; refusing is the only safe answer.
+            self.refuse(
+                "sasl", ProtocolError("SASL authentication is not supported by the gateway")
+            )
+        return event.raw
+
+    def refuse(self, reason: str, error: GatewayError) -> None:
+        """Audit and count a refusal, then raise ``error`` so the caller closes the channel."""
+        session = self.session
+        migration = session.migration_id if session is not None else None
+        self.state.metrics.inc(
+            "smg_refused_total", reason=reason, channel=_channel_name(self.channel_type)
+        )
+        audit(
+            "channel_refused",
+            f"refused {self.channel} of route {self.route.name}: {type(error).__name__}",
+            outcome="refused",
+            reason=reason,
+            error=type(error).__name__,
+            detail=str(error),
+            route=self.route.name,
+            vm=str(self.route.vm_id),
+            channel=self.channel,
+            migration=str(migration) if migration else None,
+            peer=self.peer,
+        )
+        raise error
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.state.sessions.detach(self.session)
+            self.session = None
+
+    # --- sessions ------------------------------------------------------------------------------
+
+    def _attach(self, session_id: int) -> None:
+        if self.session is not None:
+            if self.session.session_id == session_id:
+                return
+            self.state.sessions.detach(self.session)
+        self.session = self.state.sessions.attach(self.route.name, session_id)
+
+    def _observe(self, message: object) -> None:
+        """Track the main channel's migration messages; they pass through unchanged."""
+        if isinstance(message, MainInit):
+            self._attach(message.session_id)
+            if self.session is not None:
+                self.session.linked.add((self.channel_type, self.channel_id))
+        elif isinstance(message, MigrateBeginSeamless) and self.session is not None:
+            info = message.dst_info
+            target = self.state.config.peer_for_address(info.host, info.port)
+            if target is None and info.sport:
+                target = self.state.config.peer_for_address(info.host, info.sport)
+            session = self.session
+            with session.lock:
+                session.migration_id = uuid.uuid4()
+                session.target_host = target
+                session.target_address = (info.host, info.port)
+                session.sealed.clear()
+                session.completed = False
+            audit(
+                "migration_begin",
+                f"seamless migration of route {self.route.name} to {info.host}:{info.port}",
+                route=self.route.name,
+                vm=str(self.route.vm_id),
+                migration=str(session.migration_id),
+                target=target,
+                trusted=target is not None,
+            )
+            if target is None:
+                log(
+                    logging.WARNING,
+                    "migration destination is not a trusted peer; its data will be refused",
+                    route=self.route.name,
+                    host=info.host,
+                )
+        elif isinstance(message, MigrateSwitchHost):
+            audit(
+                "switch_host",
+                f"switch-host fallback on route {self.route.name} passed through",
+                route=self.route.name,
+                vm=str(self.route.vm_id),
+            )
+
+    # --- the two rewrites ------------------------------------------------------------------------
+
+    def _seal(self, payload: bytes) -> bytes:
+        """Source host: native payload from spice-server -> sealed blob for the client."""
+        session = self.session
+        try:
+            if session is None or session.migration_id is None:
+                raise ProtocolError(f"{self.channel}: MIGRATE_DATA outside a seamless migration")
+            if session.target_host is None:
+                raise ProtocolError(
+                    f"{self.channel}: the migration's destination is not a trusted peer"
+                )
+            state = native.decode(self.channel_type, payload)
+            context = Context(
+                channel_type=ChannelType(self.channel_type),
+                channel_id=self.channel_id,
+                vm_id=self.route.vm_id,
+                migration_id=session.migration_id,
+                source_host=self.state.config.host_id,
+                target_host=session.target_host,
+                schema_version=type(state).schema_version,
+            )
+            blob = seal(
+                state,
+                context,
+                self.state.keyring(),
+                ttl=self.state.config.limits.blob_ttl,
+                now=self.state.clock(),
+            )
+        except GatewayError as error:
+            self.refuse("seal", error)
+            raise  # pragma: no cover - refuse() raises
+        session.sealed.add((self.channel_type, self.channel_id))
+        self.state.metrics.inc("smg_sealed_total", channel=_channel_name(self.channel_type))
+        audit(
+            "blob_sealed",
+            f"sealed {self.channel} of route {self.route.name}",
+            route=self.route.name,
+            vm=str(self.route.vm_id),
+            channel=self.channel,
+            migration=str(session.migration_id),
+            target=session.target_host,
+            native_bytes=len(payload),
+            sealed_bytes=len(blob),
+        )
+        return blob
+
+    def _open(self, blob: bytes) -> bytes:
+        """Target host: sealed blob from the client -> native payload for spice-server."""
+        session = self.session
+        try:
+            if session is None:
+                raise ProtocolError(f"{self.channel}: MIGRATE_DATA on a link without a session")
+            with session.lock:
+                expected = ExpectedContext(
+                    channel_type=ChannelType(self.channel_type),
+                    channel_id=self.channel_id,
+                    vm_id=self.route.vm_id,
+                    migration_id=session.migration_id or ANY_MIGRATION,
+                    sources=self.state.config.trusted_sources,
+                    target_host=self.state.config.host_id,
+                    schema_version=1,
+                )
+                opened = open_envelope(
+                    blob,
+                    expected,
+                    self.state.keyring(),
+                    self.state.replay_guard,
+                    policy=self.state.policy,
+                    now=self.state.clock(),
+                )
+                if session.migration_id is None:
+                    session.migration_id = opened.context.migration_id
+                native_payload = native.encode(opened.state, self.channel_type)
+                session.accepted.add((self.channel_type, self.channel_id))
+                done = not session.completed and session.accepted >= session.expected_channels
+                if done:
+                    session.completed = True
+        except GatewayError as error:
+            self.refuse("open", error)
+            raise  # pragma: no cover - refuse() raises
+        name = _channel_name(self.channel_type)
+        self.state.metrics.inc("smg_opened_total", channel=name)
+        audit(
+            "blob_accepted",
+            f"accepted {self.channel} of route {self.route.name}",
+            route=self.route.name,
+            vm=str(self.route.vm_id),
+            channel=self.channel,
+            migration=str(session.migration_id),
+            source=opened.context.source_host,
+            native_bytes=len(native_payload),
+        )
+        if done:
+            self.state.metrics.inc("smg_migrations_completed_total")
+            audit(
+                "migration_accepted",
+                f"every channel of migration {session.migration_id} accepted on route "
+                f"{self.route.name}",
+                route=self.route.name,
+                vm=str(self.route.vm_id),
+                migration=str(session.migration_id),
+                channels=len(session.accepted),
+                channel_list=sorted(f"{_channel_name(t)}:{i}" for t, i in session.accepted),
+            )
+        return native_payload

@@ -1,0 +1,379 @@
+"""The asyncio proxy: listeners, TLS, two pumps per connection around the sans-I/O core.
+
+One process serves every route of its config. Each accepted client connection gets its own
+upstream connection to spice-server, a :class:`~gateway.spice.connection.SpiceConnection` that
+frames both directions, and a :class:`~gateway.proxy.channel.ChannelHandler` that decides what
+to forward. The loop here only moves bytes, bounds resources and handles signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.envelope import Policy
+from gateway.errors import GatewayError
+from gateway.keys import Keyring, KeyringFile
+from gateway.proxy.channel import ChannelHandler, ProxyState
+from gateway.proxy.config import ProxyConfig, Route, parse_address
+from gateway.proxy.sessions import SessionTable
+from gateway.replay import ReplayGuard
+from gateway.service.control import ControlServer
+from gateway.service.logs import audit, log
+from gateway.service.metrics import Metrics
+from gateway.spice.connection import ConnectionState, SpiceConnection
+from gateway.spice.constants import Direction
+
+__all__ = ["ProxyServer", "run_proxy"]
+
+READ_SIZE = 256 * 1024
+#: A sealed blob is larger than its native payload; allow for the envelope's framing.
+ENVELOPE_SLACK = 64 * 1024
+
+
+def _client_tls(route: Route) -> ssl.SSLContext | None:
+    if route.tls_cert is None or route.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(route.tls_cert, route.tls_key)
+    return context
+
+
+def _upstream_tls(route: Route) -> ssl.SSLContext | None:
+    if not route.upstream_tls:
+        return None
+    context = ssl.create_default_context(cafile=route.upstream_ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class _Connection:
+    """One proxied channel: the client's streams, spice-server's, and the two pumps."""
+
+    def __init__(
+        self,
+        proxy: ProxyServer,
+        route: Route,
+        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        peer: str,
+    ) -> None:
+        self.proxy = proxy
+        self.route = route
+        self.client_reader, self.client_writer = client
+        self.server_reader, self.server_writer = upstream
+        limits = proxy.config.limits
+        self.spice = SpiceConnection(max_message_size=limits.max_message_size + ENVELOPE_SLACK)
+        self.handler = ChannelHandler(proxy.state, route, peer)
+        for writer in (self.client_writer, self.server_writer):
+            transport = writer.transport
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.set_write_buffer_limits(high=limits.max_buffered_bytes)
+
+    async def run(self) -> None:
+        limits = self.proxy.config.limits
+        pumps = [
+            asyncio.create_task(
+                self._pump(self.client_reader, self.server_writer, Direction.CLIENT_TO_SERVER)
+            ),
+            asyncio.create_task(
+                self._pump(self.server_reader, self.client_writer, Direction.SERVER_TO_CLIENT)
+            ),
+        ]
+        watchdog = asyncio.create_task(self._link_watchdog(limits.link_timeout))
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (*pumps, watchdog):
+                task.cancel()
+            await asyncio.gather(*pumps, watchdog, return_exceptions=True)
+            self.handler.close()
+            for writer in (self.client_writer, self.server_writer):
+                writer.close()
+            for writer in (self.client_writer, self.server_writer):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(writer.wait_closed(), timeout=2)
+
+    async def _link_watchdog(self, timeout: float) -> None:
+        """A peer that never finishes the link stage holds nothing for long."""
+        await asyncio.sleep(timeout)
+        if self.spice.state is ConnectionState.LINKING:
+            log(
+                logging.WARNING,
+                "link stage timed out",
+                route=self.route.name,
+                peer=self.handler.peer,
+            )
+            self.client_writer.close()
+            self.server_writer.close()
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: Direction
+    ) -> None:
+        receive = (
+            self.spice.receive_from_client
+            if direction is Direction.CLIENT_TO_SERVER
+            else self.spice.receive_from_server
+        )
+        metrics = self.proxy.state.metrics
+        label = direction.sender
+        try:
+            while True:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    return
+                for event in receive(data):
+                    if _is_migration_data(event):
+                        # Sealing and opening can take milliseconds (crypto, the replay
+                        # database's durable commit): keep the loop free for other channels.
+                        out = await asyncio.to_thread(self.handler.forward, event)
+                    else:
+                        out = self.handler.forward(event)
+                    writer.write(out)
+                    metrics.inc("smg_bytes_total", len(out), sender=label)
+                await writer.drain()
+        except GatewayError as error:
+            # The handler already audited migration refusals; framing errors are logged here.
+            log(
+                logging.WARNING,
+                "closing channel",
+                route=self.route.name,
+                channel=self.handler.channel,
+                peer=self.handler.peer,
+                error=type(error).__name__,
+                detail=str(error),
+            )
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+            return
+
+
+def _is_migration_data(event: object) -> bool:
+    from gateway.spice.events import Message
+    from gateway.spice.messages import ClientMigrateData, MigrateData
+
+    return isinstance(event, Message) and isinstance(
+        event.migration, MigrateData | ClientMigrateData
+    )
+
+
+class ProxyServer:
+    """All routes of one config, their connections, and the process's shared state."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        keyring_file: KeyringFile | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.keyring_file = keyring_file or KeyringFile(config.keyring)
+        self.replay_guard = ReplayGuard(config.replay_db)
+        self.metrics = Metrics()
+        self.state = ProxyState(
+            config=config,
+            keyring=self._keyring,
+            replay_guard=self.replay_guard,
+            sessions=SessionTable(),
+            metrics=self.metrics,
+            policy=Policy(
+                clock_skew=config.limits.clock_skew,
+                max_blob_size=config.limits.max_message_size + ENVELOPE_SLACK,
+            ),
+            clock=clock,
+        )
+        self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[asyncio.Task[None]] = set()
+        self._control: ControlServer | None = None
+        self._stopping = asyncio.Event()
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.started = time.time()
+
+    def _keyring(self) -> Keyring:
+        return self.keyring_file.keyring
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for route in self.config.routes:
+            host, port = parse_address(route.listen)
+            server = await asyncio.start_server(
+                functools.partial(self._accept, route),
+                host,
+                port,
+                ssl=_client_tls(route),
+                limit=READ_SIZE,
+                reuse_address=True,
+            )
+            self._servers.append(server)
+            bound = server.sockets[0].getsockname()
+            self.addresses[route.name] = (bound[0], bound[1])
+            log(
+                logging.INFO,
+                "listening",
+                route=route.name,
+                listen=f"{bound[0]}:{bound[1]}",
+                upstream=route.upstream,
+                tls=route.tls_cert is not None,
+            )
+        if self.config.control_socket:
+            self._control = ControlServer(
+                self.config.control_socket,
+                {
+                    "health": self._cmd_health,
+                    "metrics": self._cmd_metrics,
+                    "prometheus": self._cmd_prometheus,
+                    "reload": self._cmd_reload,
+                },
+            )
+            await self._control.start()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "stopping" if self._stopping.is_set() else "serving",
+            "host_id": self.config.host_id,
+            "routes": {name: f"{h}:{p}" for name, (h, p) in self.addresses.items()},
+            "connections": len(self._connections),
+            "sessions": len(self.state.sessions),
+            "uptime": round(time.time() - self.started, 3),
+        }
+
+    def _cmd_health(self, _: dict[str, Any]) -> dict[str, Any]:
+        return self.health()
+
+    def _cmd_metrics(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {"metrics": self.metrics.snapshot()}
+
+    def _cmd_prometheus(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {"text": self.metrics.render()}
+
+    def _cmd_reload(self, _: dict[str, Any]) -> dict[str, Any]:
+        return {"keys": self.reload()}
+
+    def reload(self) -> int:
+        """Re-read the keyring (SIGHUP); on failure the keys in use stay in use."""
+        try:
+            keyring = self.keyring_file.reload()
+        except GatewayError as error:
+            log(
+                logging.ERROR,
+                "keyring reload failed; keeping the current keys",
+                error=type(error).__name__,
+                detail=str(error),
+            )
+            raise
+        log(logging.INFO, "keyring reloaded", keys=len(keyring))
+        return len(keyring)
+
+    async def serve_forever(self) -> None:
+        await self._stopping.wait()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Stop accepting; let in-flight migrations finish within the grace period; close."""
+        self._stopping.set()
+        for server in self._servers:
+            server.close()
+        deadline = time.monotonic() + self.config.limits.shutdown_grace
+        while self.state.sessions.in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
+        if self._control is not None:
+            await self._control.close()
+        self.replay_guard.close()
+        log(logging.INFO, "stopped")
+
+    # --- connections -----------------------------------------------------------------------------
+
+    async def _accept(
+        self, route: Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        if self._stopping.is_set() or len(self._connections) >= self.config.limits.max_connections:
+            self.metrics.inc("smg_connections_rejected_total", route=route.name)
+            log(
+                logging.WARNING,
+                "connection rejected",
+                route=route.name,
+                peer=peer,
+                active=len(self._connections),
+            )
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        self.metrics.inc("smg_connections_total", route=route.name)
+        self.metrics.set("smg_connections_active", len(self._connections))
+        try:
+            host, port = parse_address(route.upstream)
+            try:
+                upstream = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        host,
+                        port,
+                        ssl=_upstream_tls(route),
+                        server_hostname=route.upstream_server_name or host
+                        if route.upstream_tls
+                        else None,
+                        limit=READ_SIZE,
+                    ),
+                    timeout=self.config.limits.link_timeout,
+                )
+            except (OSError, TimeoutError) as error:
+                log(
+                    logging.WARNING,
+                    "upstream unreachable",
+                    route=route.name,
+                    upstream=route.upstream,
+                    error=str(error),
+                )
+                writer.close()
+                return
+            await _Connection(self, route, (reader, writer), upstream, peer).run()
+        finally:
+            self._connections.discard(task)
+            self.metrics.set("smg_connections_active", len(self._connections))
+
+
+async def run_proxy(
+    config: ProxyConfig, *, ready: Callable[[ProxyServer], None] | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the keyring."""
+    proxy = ProxyServer(config)
+    loop = asyncio.get_running_loop()
+    await proxy.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, proxy.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _safe_reload(proxy))
+    audit("proxy_started", "proxy started", host_id=config.host_id, routes=len(config.routes))
+    if ready is not None:
+        ready(proxy)
+    try:
+        await proxy.serve_forever()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await proxy.stop()
+        audit("proxy_stopped", "proxy stopped", host_id=config.host_id)
+
+
+def _safe_reload(proxy: ProxyServer) -> None:
+    with contextlib.suppress(GatewayError):
+        proxy.reload()

@@ -1,0 +1,95 @@
+"""Client sessions: which connections belong together, and which migration they are part of.
+
+A SPICE client session is one main channel plus the other channels that link with the main
+channel's session id as their ``connection_id``. The gateway binds every blob of one migration to
+one migration id, shared by all channels of the session:
+
+- on the source host the id is created when the main channel tells the client where to go
+  (``MIGRATE_BEGIN_SEAMLESS``), together with the target host learned from the peers table;
+- on the target host the client links every channel with the source's session id; the first blob
+  opened there pins the migration id and every other channel must carry the same one.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from schemas import ChannelType
+
+__all__ = ["Session", "SessionTable"]
+
+#: Channels whose migration carries a MIGRATE_DATA payload.
+DATA_CHANNELS = frozenset(
+    {
+        ChannelType.MAIN,
+        ChannelType.DISPLAY,
+        ChannelType.INPUTS,
+        ChannelType.SMARTCARD,
+        ChannelType.USBREDIR,
+        ChannelType.PORT,
+        ChannelType.WEBDAV,
+    }
+)
+
+ChannelKey = tuple[int, int]
+
+
+@dataclass
+class Session:
+    """One client session on one route, seen from this host."""
+
+    route: str
+    session_id: int
+    # Source side: where the client was sent, and the migration id of that attempt.
+    migration_id: uuid.UUID | None = None
+    target_host: str | None = None
+    target_address: tuple[str, int] | None = None
+    # Target side: the channels linked here, and those whose blob was accepted.
+    linked: set[ChannelKey] = field(default_factory=set)
+    accepted: set[ChannelKey] = field(default_factory=set)
+    sealed: set[ChannelKey] = field(default_factory=set)
+    completed: bool = False
+    connections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def expected_channels(self) -> set[ChannelKey]:
+        return {key for key in self.linked if key[0] in DATA_CHANNELS}
+
+    @property
+    def in_flight(self) -> bool:
+        """A migration started here (as source or target) and not yet finished."""
+        if self.completed:
+            return False
+        return self.migration_id is not None or bool(self.accepted)
+
+
+class SessionTable:
+    """Sessions by (route, session id); a session lives while any of its connections does."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[tuple[str, int], Session] = {}
+        self._lock = threading.Lock()
+
+    def attach(self, route: str, session_id: int) -> Session:
+        with self._lock:
+            session = self._sessions.get((route, session_id))
+            if session is None:
+                session = self._sessions[(route, session_id)] = Session(route, session_id)
+            session.connections += 1
+            return session
+
+    def detach(self, session: Session) -> None:
+        with self._lock:
+            session.connections -= 1
+            if session.connections <= 0:
+                self._sessions.pop((session.route, session.session_id), None)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def in_flight(self) -> list[Session]:
+        with self._lock:
+            return [s for s in self._sessions.values() if s.in_flight]
