@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Write the seed corpora of the three SPICE protocol harnesses, reproducibly.
+
+Every seed is built from the package's own encoders in the input layout its harness documents,
+so a seed starts the fuzzer on real traffic: stock links with and without auth selection,
+mini and full headers, and the migration messages of the main and display channels.
+
+    python fuzz/seeds_spice.py            # writes fuzz/corpus/spice_*/
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from pathlib import Path
+
+from gateway.spice import (
+    ChannelType,
+    ClientMigrateData,
+    DstInfo,
+    HeaderKind,
+    LinkError,
+    MainInit,
+    Migrate,
+    MigrateBeginSeamless,
+    MigrateConnectedSeamless,
+    MigrateData,
+    MigrateDstDoSeamless,
+    MigrateDstSeamlessAck,
+    MigrateFlags,
+    MigrateFlushMark,
+    MigrateSwitchHost,
+    encode_data_message,
+    encode_link_result,
+)
+from gateway.spice.scripted import client_auth, client_link, server_link_reply
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+
+# Harness flag bits (see each harness's docstring).
+LINK_MAIN, LINK_SELECTION, LINK_MINI = 4, 8, 16
+FRAMING_MINI, FRAMING_SELECTION, FRAMING_MAIN = 1, 2, 4
+
+MIGRATE_ALL = Migrate(MigrateFlags.NEED_FLUSH | MigrateFlags.NEED_DATA_TRANSFER)
+DST = DstInfo(port=5910, sport=5911, host="127.0.0.1", cert_subject="CN=destination")
+
+
+def _link_input(mode: int, flags: int, payload: bytes, cuts: bytes = b"\x00\x00") -> bytes:
+    return bytes([mode | flags]) + cuts + payload
+
+
+def _framing_input(flags: int, payload: bytes, cuts: tuple[int, ...] = ()) -> bytes:
+    return bytes([flags, len(cuts)]) + struct.pack(f"<{len(cuts)}H", *cuts) + payload
+
+
+def _messages(kind: HeaderKind, parts: list[tuple[int, bytes]]) -> bytes:
+    """Data messages in a row; full headers get serials from 1 as spice-server numbers them."""
+    out = b""
+    for serial, (msg_type, body) in enumerate(parts, start=1):
+        full = kind is HeaderKind.FULL
+        out += encode_data_message(kind, msg_type, body, serial=serial if full else 0)
+    return out
+
+
+def link_seeds() -> dict[str, bytes]:
+    both = LINK_SELECTION | LINK_MINI
+    return {
+        "client-link-main": _link_input(0, both, client_link(ChannelType.MAIN)),
+        "client-link-display-no-selection": _link_input(
+            0, LINK_MINI, client_link(ChannelType.DISPLAY, 1, auth_selection=False)
+        ),
+        "client-link-migration-target": _link_input(
+            0, both, client_link(ChannelType.MAIN, connection_id=0x5E55), b"\x05\x30"
+        ),
+        "server-reply-and-result": _link_input(
+            1, both | LINK_MAIN, server_link_reply() + encode_link_result(LinkError.OK)
+        ),
+        "server-reply-full-header": _link_input(
+            1, LINK_SELECTION, server_link_reply(mini_header=False)
+        ),
+        "server-error-reply": _link_input(
+            1, both, server_link_reply(error=LinkError.NEED_SECURED), b"\x10\x00"
+        ),
+        "client-auth-and-ticket": _link_input(2, both, client_auth(), b"\x04\x40"),
+        "client-ticket-only": _link_input(2, LINK_MINI, client_auth(auth_selection=False)),
+        "client-sasl": _link_input(2, both, struct.pack("<I", 2)),
+        "server-result-and-messages": _link_input(
+            3,
+            both | LINK_MAIN,
+            encode_link_result(LinkError.OK)
+            + _messages(HeaderKind.MINI, [(3, struct.pack("<II", 1, 20))]),
+        ),
+        "server-result-denied": _link_input(
+            3, both, encode_link_result(LinkError.PERMISSION_DENIED)
+        ),
+    }
+
+
+def client_framing_seeds() -> dict[str, bytes]:
+    main = [
+        (1, struct.pack("<I", 1)),  # ACK_SYNC
+        (MigrateDstDoSeamless.MSG_TYPE, MigrateDstDoSeamless(1).encode_body()),
+        (MigrateConnectedSeamless.MSG_TYPE, b""),
+        (MigrateFlushMark.MSG_TYPE, b""),
+        (ClientMigrateData.MSG_TYPE, b"MNMD\x01\0\0\0" + bytes(57)),
+    ]
+    display = [
+        (2, b""),  # ACK
+        (MigrateFlushMark.MSG_TYPE, b""),
+        (ClientMigrateData.MSG_TYPE, b"DCMD\x01\0\0\0" + bytes(72)),
+    ]
+    sel = FRAMING_SELECTION
+    return {
+        "main-mini": _framing_input(
+            FRAMING_MINI | sel | FRAMING_MAIN, _messages(HeaderKind.MINI, main)
+        ),
+        "main-full": _framing_input(sel | FRAMING_MAIN, _messages(HeaderKind.FULL, main), (7, 40)),
+        "display-mini-split": _framing_input(
+            FRAMING_MINI, _messages(HeaderKind.MINI, display), (1, 6, 9, 50)
+        ),
+        "display-full": _framing_input(sel, _messages(HeaderKind.FULL, display)),
+        "oversized-header": _framing_input(FRAMING_MINI | sel, struct.pack("<HI", 5, 1 << 20)),
+    }
+
+
+def server_framing_seeds() -> dict[str, bytes]:
+    main = [
+        (3, struct.pack("<II", 1, 20)),  # SET_ACK
+        (MainInit.MSG_TYPE, MainInit(session_id=0x5E55, agent_tokens=10).encode_body()),
+        (MigrateBeginSeamless.MSG_TYPE, MigrateBeginSeamless(DST, 1).encode_body()),
+        (MigrateDstSeamlessAck.MSG_TYPE, b""),
+        (MigrateSwitchHost.MSG_TYPE, MigrateSwitchHost(DstInfo(5910, 0, "dst")).encode_body()),
+        (Migrate.MSG_TYPE, MIGRATE_ALL.encode_body()),
+        (MigrateData.MSG_TYPE, b"MNMD\x01\0\0\0" + bytes(57)),
+    ]
+    display = [
+        (Migrate.MSG_TYPE, MIGRATE_ALL.encode_body()),
+        (MigrateData.MSG_TYPE, b"DCMD\x01\0\0\0" + bytes(80)),
+        (116, b"\x01\x02"),  # not BEGIN_SEAMLESS on this channel
+    ]
+    sel = FRAMING_SELECTION
+    return {
+        "main-mini": _framing_input(
+            FRAMING_MINI | sel | FRAMING_MAIN, _messages(HeaderKind.MINI, main)
+        ),
+        "main-full": _framing_input(sel | FRAMING_MAIN, _messages(HeaderKind.FULL, main), (3, 100)),
+        "display-mini": _framing_input(FRAMING_MINI | sel, _messages(HeaderKind.MINI, display)),
+        "display-full-split": _framing_input(
+            sel, _messages(HeaderKind.FULL, display), (1, 17, 18, 60)
+        ),
+        "begin-seamless-host-past-end": _framing_input(
+            FRAMING_MINI | sel | FRAMING_MAIN,
+            _messages(HeaderKind.MINI, [(116, struct.pack("<HHIIIII", 1, 2, 9, 24, 0, 0, 1))]),
+        ),
+    }
+
+
+def build_seeds() -> dict[str, dict[str, bytes]]:
+    """Harness name (without ``_fuzzer.py``) -> seed name -> seed bytes."""
+    return {
+        "spice_link": link_seeds(),
+        "spice_client_framing": client_framing_seeds(),
+        "spice_server_framing": server_framing_seeds(),
+    }
+
+
+def write_seeds(root: Path = CORPUS) -> None:
+    for harness, seeds in build_seeds().items():
+        folder = root / harness
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in seeds.items():
+            (folder / name).write_bytes(data)
+
+
+if __name__ == "__main__":
+    write_seeds(Path(sys.argv[1]) if len(sys.argv) > 1 else CORPUS)

@@ -1,0 +1,370 @@
+"""The sans-I/O state machine of one proxied SPICE connection (one channel).
+
+Feed it what each side sent; it returns one event per complete unit and never touches a
+socket, a clock or randomness. A proxy loop around it reads from one side, calls
+``receive_from_client`` / ``receive_from_server``, and writes each event's ``raw`` (or a
+replacement built with :func:`~gateway.spice.events.reframe`) to the other side.
+
+Both directions live in one object because each depends on the other: whether the client
+sends an auth-mechanism word, and which data header both sides use, follow from the
+capabilities of *both* link messages.
+
+Causality is enforced. A real client sends its auth word and ticket only after reading the
+server's link reply (it needs the reply's key and caps), and its first data message only after
+the link result; a real server answers only after the client's link message, and reports
+success only after the ticket. Bytes that arrive before what they depend on passed through the
+gateway can only come from a peer that is not following the protocol, and are refused instead
+of guessed at.
+
+Buffering: a data message event is emitted only when the whole message has arrived, so at most
+one partial unit per direction stays buffered, bounded by ``max_message_size`` plus its header.
+Input is appended to a ``bytearray`` consumed from an offset and compacted lazily, so a
+message arriving in many small reads costs linear time.
+
+Any refusal raises :class:`~gateway.errors.ProtocolError`; the connection is then dead, and
+every later call raises again (events parsed earlier in the failing call are dropped with it:
+the proxy closes both sides).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+
+from gateway.errors import ConfigError, ProtocolError
+from gateway.spice.constants import (
+    AUTH_MECHANISM_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    LINK_HEADER_SIZE,
+    LINK_MAGIC,
+    LINK_RESULT_SIZE,
+    TICKET_SIZE,
+    AuthMechanism,
+    ChannelType,
+    CommonCap,
+    Direction,
+    HeaderKind,
+    LinkError,
+)
+from gateway.spice.events import (
+    AuthMechanismReceived,
+    Event,
+    LinkHeaderReceived,
+    LinkMessReceived,
+    LinkReplyReceived,
+    LinkResultReceived,
+    Message,
+    TicketReceived,
+)
+from gateway.spice.link import LinkHeader, LinkMess, LinkReply, decode_u32, has_cap
+from gateway.spice.messages import migration_class
+
+__all__ = ["ConnectionState", "SpiceConnection"]
+
+_C2S = Direction.CLIENT_TO_SERVER
+_S2C = Direction.SERVER_TO_CLIENT
+_MINI = struct.Struct("<HI")
+_FULL = struct.Struct("<QHII")
+#: Offset of the size field in each header, for error messages.
+_SIZE_AT = {HeaderKind.MINI: 2, HeaderKind.FULL: 10}
+
+
+class ConnectionState(enum.Enum):
+    LINKING = "linking"
+    #: The link result was OK; data messages flow both ways.
+    ESTABLISHED = "established"
+    #: The server refused the link (reply error or link result); nothing more may follow.
+    LINK_FAILED = "link failed"
+    #: A ProtocolError was raised; the connection must be closed.
+    BROKEN = "broken"
+
+
+class _Stage(enum.Enum):
+    """Where one direction's parser stands."""
+
+    WAIT = "waiting for the other side"
+    LINK_HEADER = "link header"
+    LINK_MESS = "link message"
+    LINK_REPLY = "link reply"
+    AUTH_MECHANISM = "auth mechanism"
+    TICKET = "ticket"
+    LINK_RESULT = "link result"
+    DATA = "data message"
+    CLOSED = "closed"
+
+
+class _Buffer:
+    """Bytes of one direction not yet consumed: a bytearray read from an offset.
+
+    Consumed bytes are dropped only once they are at least half of the buffer, so each byte is
+    moved at most a constant number of times however the input is split.
+    """
+
+    __slots__ = ("consumed", "data", "pos")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.pos = 0
+        #: Total bytes consumed so far: the stream offset of the next unit.
+        self.consumed = 0
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        if self.pos and self.pos * 2 >= len(self.data):
+            del self.data[: self.pos]
+            self.pos = 0
+        self.data += chunk
+
+    def __len__(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int) -> bytes:
+        with memoryview(self.data) as view:
+            unit = view[self.pos : self.pos + n].tobytes()
+        self.pos += n
+        self.consumed += n
+        return unit
+
+
+class SpiceConnection:
+    """One SPICE channel connection as seen by an inline proxy between client and server.
+
+    ``max_message_size`` bounds the body of one data message (and so the memory held for one
+    direction); larger messages are refused when their header arrives.
+    """
+
+    def __init__(self, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        if not 0 <= max_message_size <= 0xFFFF_FFFF:
+            raise ConfigError(f"max_message_size {max_message_size} is outside [0, 2**32 - 1]")
+        self.max_message_size = max_message_size
+        self._buffers = {_C2S: _Buffer(), _S2C: _Buffer()}
+        self._stage = {_C2S: _Stage.LINK_HEADER, _S2C: _Stage.WAIT}
+        self._link_size = {_C2S: 0, _S2C: 0}
+        self._error: str | None = None
+        self.link_mess: LinkMess | None = None
+        self.link_reply: LinkReply | None = None
+        self.link_result: int | None = None
+        # Known once the link message and reply are in; only the data stage reads them.
+        self._channel_type = 0
+        self._kind = HeaderKind.MINI
+        self._steps: dict[_Stage, Callable[[Direction, _Buffer], Event | None]] = {
+            _Stage.WAIT: self._step_wait,
+            _Stage.LINK_HEADER: self._step_link_header,
+            _Stage.LINK_MESS: self._step_link_mess,
+            _Stage.LINK_REPLY: self._step_link_reply,
+            _Stage.AUTH_MECHANISM: self._step_auth_mechanism,
+            _Stage.TICKET: self._step_ticket,
+            _Stage.LINK_RESULT: self._step_link_result,
+            _Stage.DATA: self._step_data,
+            _Stage.CLOSED: self._step_closed,
+        }
+
+    # --- public -----------------------------------------------------------------------------
+
+    def receive_from_client(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Events for every client unit completed by ``data`` (all of direction C->S)."""
+        return self._receive(_C2S, data)
+
+    def receive_from_server(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Events for every server unit completed by ``data`` (all of direction S->C)."""
+        return self._receive(_S2C, data)
+
+    @property
+    def state(self) -> ConnectionState:
+        if self._error is not None:
+            return ConnectionState.BROKEN
+        if self.link_reply is not None and self.link_reply.error != LinkError.OK:
+            return ConnectionState.LINK_FAILED
+        if self.link_result is None:
+            return ConnectionState.LINKING
+        if self.link_result == LinkError.OK:
+            return ConnectionState.ESTABLISHED
+        return ConnectionState.LINK_FAILED
+
+    @property
+    def header_kind(self) -> HeaderKind | None:
+        """The data header both sides use, once the link reply has settled it."""
+        if self.link_reply is None or self.link_reply.error != LinkError.OK:
+            return None
+        return self._kind
+
+    @property
+    def channel_type(self) -> int | None:
+        return None if self.link_mess is None else self.link_mess.channel_type
+
+    @property
+    def channel_id(self) -> int | None:
+        return None if self.link_mess is None else self.link_mess.channel_id
+
+    def buffered(self, direction: Direction) -> int:
+        """Bytes received in ``direction`` that do not yet form a complete unit."""
+        return len(self._buffers[direction])
+
+    # --- driver -----------------------------------------------------------------------------
+
+    def _receive(self, direction: Direction, data: bytes | bytearray | memoryview) -> list[Event]:
+        if self._error is not None:
+            raise ProtocolError(f"connection already failed, input refused: {self._error}")
+        buf = self._buffers[direction]
+        buf.feed(data)
+        events: list[Event] = []
+        while True:
+            stage, start = self._stage[direction], buf.consumed
+            try:
+                event = self._steps[stage](direction, buf)
+            except ProtocolError as exc:
+                self._error = f"{self._where(direction, stage, start)}: {exc}"
+                raise ProtocolError(self._error) from None
+            if event is None:
+                return events
+            events.append(event)
+
+    def _where(self, direction: Direction, stage: _Stage, offset: int) -> str:
+        """Channel, direction, stage and stream offset of the unit being parsed."""
+        channel = "unlinked channel"
+        if self.link_mess is not None:
+            try:
+                name = ChannelType(self.link_mess.channel_type).name.lower()
+            except ValueError:
+                name = f"type {self.link_mess.channel_type}"
+            channel = f"{name}:{self.link_mess.channel_id} channel"
+        return f"{channel}, {direction.value} {stage.value} at stream offset {offset}"
+
+    # --- link stage -------------------------------------------------------------------------
+
+    def _step_wait(self, direction: Direction, buf: _Buffer) -> Event | None:
+        if len(buf):
+            waited = "link message" if direction is _S2C else "link reply or result"
+            raise ProtocolError(
+                f"{direction.sender} sent {len(buf)} bytes before the other side's "
+                f"{waited} went through"
+            )
+        return None
+
+    def _step_closed(self, direction: Direction, buf: _Buffer) -> Event | None:
+        if len(buf):
+            raise ProtocolError(f"{len(buf)} bytes after the link ended with an error")
+        return None
+
+    def _step_link_header(self, direction: Direction, buf: _Buffer) -> Event | None:
+        if len(buf) < LINK_HEADER_SIZE:
+            # Refuse a wrong magic (HTTP, TLS, noise) as soon as it shows.
+            start = bytes(buf.data[buf.pos : buf.pos + len(LINK_MAGIC)])
+            if not LINK_MAGIC.startswith(start):
+                raise ProtocolError(
+                    f"{direction.sender} link header: field magic at offset 0 starts "
+                    f"{start!r}, not {LINK_MAGIC!r}"
+                )
+            return None
+        raw = buf.take(LINK_HEADER_SIZE)
+        header = LinkHeader.decode(raw, direction)
+        self._link_size[direction] = header.size
+        self._stage[direction] = _Stage.LINK_MESS if direction is _C2S else _Stage.LINK_REPLY
+        return LinkHeaderReceived(direction, raw, header)
+
+    def _step_link_mess(self, direction: Direction, buf: _Buffer) -> Event | None:
+        if len(buf) < self._link_size[direction]:
+            return None
+        raw = buf.take(self._link_size[direction])
+        mess = LinkMess.decode(raw)
+        self.link_mess = mess
+        self._channel_type = mess.channel_type
+        self._stage[_C2S] = _Stage.WAIT
+        self._stage[_S2C] = _Stage.LINK_HEADER
+        return LinkMessReceived(direction, raw, mess)
+
+    def _step_link_reply(self, direction: Direction, buf: _Buffer) -> Event | None:
+        if len(buf) < self._link_size[direction]:
+            return None
+        raw = buf.take(self._link_size[direction])
+        reply = LinkReply.decode(raw)
+        self.link_reply = reply
+        if reply.error != LinkError.OK:
+            self._stage[_C2S] = self._stage[_S2C] = _Stage.CLOSED
+            return LinkReplyReceived(direction, raw, reply)
+        assert self.link_mess is not None  # the server stage only starts after it
+        client, server = self.link_mess.common_caps, reply.common_caps
+
+        def both(cap: CommonCap) -> bool:
+            return has_cap(client, cap) and has_cap(server, cap)
+
+        # spice-gtk sends the auth word iff the server has AUTH_SELECTION, spice-server reads
+        # it iff the client has it; the same holds for MINI_HEADER (each endpoint tests only
+        # the peer's cap). Both real endpoints always advertise both caps, so requiring both
+        # matches spice-server's reading of any client and spice-gtk's of any server, and an
+        # older peer that lacks a cap does not know the feature at all.
+        selection = both(CommonCap.PROTOCOL_AUTH_SELECTION)
+        self._stage[_C2S] = _Stage.AUTH_MECHANISM if selection else _Stage.TICKET
+        self._stage[_S2C] = _Stage.LINK_RESULT
+        self._kind = HeaderKind.MINI if both(CommonCap.MINI_HEADER) else HeaderKind.FULL
+        return LinkReplyReceived(direction, raw, reply)
+
+    def _step_auth_mechanism(self, direction: Direction, buf: _Buffer) -> Event | None:
+        if len(buf) < AUTH_MECHANISM_SIZE:
+            return None
+        raw = buf.take(AUTH_MECHANISM_SIZE)
+        mechanism = decode_u32(raw, "auth mechanism")
+        if mechanism == AuthMechanism.SASL:
+            raise ProtocolError(
+                "client selected SASL authentication (mechanism 2 at offset 0); SASL is not "
+                "supported by the gateway: its exchange and security layer cannot be framed"
+            )
+        if mechanism != AuthMechanism.SPICE:
+            raise ProtocolError(f"field auth_mechanism at offset 0 is {mechanism}, not 1 (SPICE)")
+        self._stage[direction] = _Stage.TICKET
+        return AuthMechanismReceived(direction, raw, mechanism)
+
+    def _step_ticket(self, direction: Direction, buf: _Buffer) -> Event | None:
+        if len(buf) < TICKET_SIZE:
+            return None
+        raw = buf.take(TICKET_SIZE)
+        self._stage[direction] = _Stage.WAIT
+        return TicketReceived(direction, raw)
+
+    def _step_link_result(self, direction: Direction, buf: _Buffer) -> Event | None:
+        if len(buf) < LINK_RESULT_SIZE:
+            return None
+        raw = buf.take(LINK_RESULT_SIZE)
+        result = decode_u32(raw, "link result")
+        if result != LinkError.OK:
+            # spice-server may refuse before the ticket (bad auth word, SASL required).
+            self.link_result = result
+            self._stage[_C2S] = self._stage[_S2C] = _Stage.CLOSED
+            return LinkResultReceived(direction, raw, result)
+        if self._stage[_C2S] is not _Stage.WAIT:
+            raise ProtocolError(
+                "link result OK at offset 0 before the client's ticket went through"
+            )
+        self.link_result = result
+        self._stage[_C2S] = self._stage[_S2C] = _Stage.DATA
+        return LinkResultReceived(direction, raw, result)
+
+    # --- data phase -------------------------------------------------------------------------
+
+    def _step_data(self, direction: Direction, buf: _Buffer) -> Event | None:
+        kind = self._kind
+        if len(buf) < kind.size:
+            return None
+        serial: int | None
+        sub_list: int | None
+        if kind is HeaderKind.MINI:
+            msg_type, size = _MINI.unpack_from(buf.data, buf.pos)
+            serial = sub_list = None
+        else:
+            serial, msg_type, size, sub_list = _FULL.unpack_from(buf.data, buf.pos)
+        if size > self.max_message_size:
+            raise ProtocolError(
+                f"{kind.value} header: field size at offset {_SIZE_AT[kind]} is {size}, "
+                f"more than the maximum message size {self.max_message_size} (type {msg_type})"
+            )
+        if len(buf) < kind.size + size:
+            return None
+        raw = buf.take(kind.size + size)
+        cls = migration_class(self._channel_type, direction, msg_type)
+        migration = None
+        if cls is not None:
+            try:
+                migration = cls.decode_body(raw[kind.size :])
+            except ProtocolError as exc:
+                raise ProtocolError(f"message type {msg_type}: {exc}") from None
+        return Message(direction, raw, kind, msg_type, serial, sub_list, migration)

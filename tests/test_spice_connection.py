@@ -1,0 +1,510 @@
+"""The connection state machine: scripted exchanges, split feeding, raw slices, refusals."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.errors import ConfigError, GatewayError, ProtocolError
+from gateway.spice import (
+    AuthMechanismReceived,
+    ChannelType,
+    ConnectionState,
+    Direction,
+    DstInfo,
+    Event,
+    HeaderKind,
+    LinkError,
+    LinkHeaderReceived,
+    LinkMessReceived,
+    LinkReplyReceived,
+    LinkResultReceived,
+    MainInit,
+    Message,
+    Migrate,
+    MigrateBeginSeamless,
+    MigrateConnectedSeamless,
+    MigrateData,
+    MigrateFlags,
+    MigrateFlushMark,
+    SpiceConnection,
+    TicketReceived,
+    encode_auth_mechanism,
+    encode_data_message,
+    encode_link_result,
+    reframe,
+)
+from gateway.spice.connection import _Buffer
+from gateway.spice.scripted import (
+    PLACEHOLDER_TICKET,
+    client_auth,
+    client_link,
+    link_exchange,
+    server_link_reply,
+)
+
+C2S = Direction.CLIENT_TO_SERVER
+S2C = Direction.SERVER_TO_CLIENT
+Steps = list[tuple[Direction, bytes]]
+Chunker = Callable[[bytes], Iterator[bytes]]
+
+PAYLOAD = b"MNMD\x01\0\0\0" + bytes(range(256)) * 400  # ~100 KiB, arrives in many reads
+
+
+def whole(data: bytes) -> Iterator[bytes]:
+    yield data
+
+
+def bytewise(data: bytes) -> Iterator[bytes]:
+    for i in range(len(data)):
+        yield data[i : i + 1]
+
+
+def feed(conn: SpiceConnection, steps: Steps, chunker: Chunker = whole) -> list[Event]:
+    events: list[Event] = []
+    for direction, data in steps:
+        receive = conn.receive_from_client if direction is C2S else conn.receive_from_server
+        for chunk in chunker(data):
+            events.extend(receive(chunk))
+    return events
+
+
+def linked(
+    channel: int = ChannelType.MAIN, *, mini: bool = True, selection: bool = True
+) -> SpiceConnection:
+    conn = SpiceConnection()
+    feed(conn, link_exchange(channel, mini_header=mini, auth_selection=selection))
+    assert conn.state is ConnectionState.ESTABLISHED
+    return conn
+
+
+def main_session(*, mini: bool, selection: bool) -> Steps:
+    """Link the main channel, then a seamless migration as the source sees it."""
+    kind = HeaderKind.MINI if mini else HeaderKind.FULL
+    serial = iter(range(1, 100))
+
+    def msg(msg_type: int, body: bytes) -> bytes:
+        return encode_data_message(kind, msg_type, body, serial=0 if mini else next(serial))
+
+    dst = DstInfo(port=5910, sport=0xFFFF, host="127.0.0.1")
+    return [
+        *link_exchange(ChannelType.MAIN, mini_header=mini, auth_selection=selection),
+        (S2C, msg(3, struct.pack("<II", 1, 20))),  # SET_ACK
+        (S2C, msg(103, MainInit(session_id=0x5E55, agent_tokens=10).encode_body())),
+        (C2S, msg(1, struct.pack("<I", 1))),  # ACK_SYNC
+        (S2C, msg(116, MigrateBeginSeamless(dst, 1).encode_body())),
+        (C2S, msg(111, b"")),
+        (S2C, msg(1, struct.pack("<I", 3))),
+        (C2S, msg(4, b"")),
+        (S2C, msg(2, PAYLOAD)),
+    ]
+
+
+def by_direction(steps: Steps, direction: Direction) -> bytes:
+    return b"".join(data for d, data in steps if d is direction)
+
+
+def raw_of(events: list[Event], direction: Direction) -> bytes:
+    return b"".join(e.raw for e in events if e.direction is direction)
+
+
+@pytest.mark.parametrize("selection", [True, False], ids=["auth-selection", "no-selection"])
+@pytest.mark.parametrize("mini", [True, False], ids=["mini", "full"])
+def test_scripted_main_session(mini: bool, selection: bool) -> None:
+    steps = main_session(mini=mini, selection=selection)
+    conn = SpiceConnection()
+    events = feed(conn, steps)
+
+    link_types = [
+        LinkHeaderReceived,
+        LinkMessReceived,
+        LinkHeaderReceived,
+        LinkReplyReceived,
+        *([AuthMechanismReceived] if selection else []),
+        TicketReceived,
+        LinkResultReceived,
+    ]
+    assert [type(e) for e in events] == [*link_types, *[Message] * 8]
+    assert conn.state is ConnectionState.ESTABLISHED
+    assert conn.header_kind is (HeaderKind.MINI if mini else HeaderKind.FULL)
+    assert (conn.channel_type, conn.channel_id) == (ChannelType.MAIN, 0)
+
+    ticket = next(e for e in events if isinstance(e, TicketReceived))
+    assert ticket.raw == PLACEHOLDER_TICKET
+    assert "raw" not in repr(ticket)
+
+    messages = [e for e in events if isinstance(e, Message)]
+    assert [(m.direction, m.msg_type) for m in messages] == [
+        (S2C, 3), (S2C, 103), (C2S, 1), (S2C, 116), (C2S, 111), (S2C, 1), (C2S, 4), (S2C, 2)
+    ]  # fmt: skip
+    assert [m.kind for m in messages] == [conn.header_kind] * 8
+    if mini:
+        assert all(m.serial is None and m.sub_list is None for m in messages)
+    else:
+        assert [m.serial for m in messages] == list(range(1, 9))
+        assert all(m.sub_list == 0 for m in messages)
+
+    set_ack, init, ack_sync, begin, connected, migrate, flush, data = messages
+    assert set_ack.migration is None
+    assert ack_sync.migration is None
+    assert init.migration == MainInit(session_id=0x5E55, agent_tokens=10)
+    assert isinstance(begin.migration, MigrateBeginSeamless)
+    assert begin.migration.dst_info.host == "127.0.0.1"
+    assert begin.migration.src_mig_version == 1
+    assert connected.migration == MigrateConnectedSeamless()
+    assert migrate.migration == Migrate(MigrateFlags.NEED_FLUSH | MigrateFlags.NEED_DATA_TRANSFER)
+    assert flush.migration == MigrateFlushMark()
+    assert data.migration == MigrateData(PAYLOAD)
+    assert data.body == PAYLOAD
+
+    # Pass-through bytes are the input, unit by unit, in order.
+    for direction in Direction:
+        assert raw_of(events, direction) == by_direction(steps, direction)
+        assert conn.buffered(direction) == 0
+
+
+@pytest.mark.parametrize("mini", [True, False], ids=["mini", "full"])
+def test_byte_at_a_time_equals_whole(mini: bool) -> None:
+    steps = main_session(mini=mini, selection=True)
+    # A smaller MIGRATE_DATA keeps the byte-wise run short.
+    kind = HeaderKind.MINI if mini else HeaderKind.FULL
+    steps[-1] = (S2C, encode_data_message(kind, 2, PAYLOAD[:1500], serial=0 if mini else 8))
+    assert feed(SpiceConnection(), steps, bytewise) == feed(SpiceConnection(), steps)
+
+
+@settings(max_examples=60, deadline=None)
+@given(mini=st.booleans(), selection=st.booleans(), data=st.data())
+def test_random_splits_equal_whole(mini: bool, selection: bool, data: st.DataObject) -> None:
+    steps = main_session(mini=mini, selection=selection)
+    expected = feed(SpiceConnection(), steps)
+
+    def random_chunks(blob: bytes) -> Iterator[bytes]:
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(blob)), max_size=6)))
+        start = 0
+        for cut in [*cuts, len(blob)]:
+            yield blob[start:cut]
+            start = cut
+
+    conn = SpiceConnection()
+    events = feed(conn, steps, random_chunks)
+    assert events == expected
+    for direction in Direction:
+        assert raw_of(events, direction) == by_direction(steps, direction)
+
+
+def test_large_message_in_small_reads() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    body = bytes(range(256)) * 8192  # 2 MiB
+    raw = encode_data_message(HeaderKind.MINI, 2, body)
+    events: list[Event] = []
+    for i in range(0, len(raw), 4096):
+        events.extend(conn.receive_from_server(raw[i : i + 4096]))
+        if i + 4096 < len(raw):
+            assert conn.buffered(S2C) == i + 4096
+    assert len(events) == 1
+    assert isinstance(events[0], Message)
+    assert events[0].raw == raw
+    assert conn.buffered(S2C) == 0
+
+
+def test_buffer_compacts_consumed_bytes() -> None:
+    buf = _Buffer()
+    for i in range(1000):
+        buf.feed(bytes([i % 256]) * 10)
+        assert buf.take(7) == bytes([i % 256]) * 7
+        buf.take(3)
+        # What was consumed is dropped before it outgrows what is live.
+        assert len(buf.data) <= 20
+    assert buf.consumed == 10_000
+    assert len(buf) == 0
+
+
+def test_message_events_only_when_complete() -> None:
+    conn = linked(ChannelType.INPUTS)
+    raw = encode_data_message(HeaderKind.MINI, 101, b"key-down")
+    assert conn.receive_from_client(raw[:5]) == []
+    assert conn.receive_from_client(raw[5:-1]) == []
+    assert conn.buffered(C2S) == len(raw) - 1
+    (event,) = conn.receive_from_client(raw[-1:] + raw[:3])
+    assert isinstance(event, Message)
+    assert (event.msg_type, event.body) == (101, b"key-down")
+    assert conn.buffered(C2S) == 3
+
+
+def test_main_only_types_are_generic_on_other_channels() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    # 116 on display is a display message, not BEGIN_SEAMLESS: no DstInfo checks apply.
+    (event,) = conn.receive_from_server(encode_data_message(HeaderKind.MINI, 116, b"\xff"))
+    assert isinstance(event, Message)
+    assert event.migration is None
+    (event,) = conn.receive_from_server(Migrate(MigrateFlags(3)).encode(HeaderKind.MINI))
+    assert isinstance(event, Message)
+    assert event.migration == Migrate(MigrateFlags(3))
+
+
+def test_reframed_message_parses_as_one_message() -> None:
+    conn = linked(ChannelType.DISPLAY, mini=False)
+    (original,) = conn.receive_from_server(
+        encode_data_message(HeaderKind.FULL, 2, b"DCMD native", serial=77, sub_list=0)
+    )
+    assert isinstance(original, Message)
+    receiver = linked(ChannelType.DISPLAY, mini=False)
+    (replaced,) = receiver.receive_from_server(reframe(original, b"sealed"))
+    assert isinstance(replaced, Message)
+    assert (replaced.serial, replaced.msg_type, replaced.body) == (77, 2, b"sealed")
+
+
+# --- capabilities --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("client_mini", "server_mini", "kind"),
+    [
+        (True, True, HeaderKind.MINI),
+        (False, True, HeaderKind.FULL),  # spice-server reads such a client's headers as full
+        (True, False, HeaderKind.FULL),  # spice-gtk reads such a server's headers as full
+        (False, False, HeaderKind.FULL),
+    ],
+)
+def test_mini_header_needs_both_caps(
+    client_mini: bool, server_mini: bool, kind: HeaderKind
+) -> None:
+    conn = SpiceConnection()
+    conn.receive_from_client(client_link(ChannelType.MAIN, mini_header=client_mini))
+    conn.receive_from_server(server_link_reply(mini_header=server_mini))
+    assert conn.header_kind is kind
+
+
+@pytest.mark.parametrize(("client_sel", "server_sel"), [(True, False), (False, True)])
+def test_one_sided_auth_selection_means_ticket_only(client_sel: bool, server_sel: bool) -> None:
+    conn = SpiceConnection()
+    conn.receive_from_client(client_link(ChannelType.MAIN, auth_selection=client_sel))
+    conn.receive_from_server(server_link_reply(auth_selection=server_sel))
+    (ticket,) = conn.receive_from_client(PLACEHOLDER_TICKET)
+    assert isinstance(ticket, TicketReceived)
+
+
+# --- link failures -------------------------------------------------------------------------
+
+
+def test_error_reply_ends_the_link() -> None:
+    conn = SpiceConnection()
+    conn.receive_from_client(client_link(ChannelType.DISPLAY))
+    events = conn.receive_from_server(server_link_reply(error=LinkError.NEED_SECURED))
+    assert isinstance(events[-1], LinkReplyReceived)
+    assert not events[-1].ok
+    assert conn.state is ConnectionState.LINK_FAILED
+    assert conn.header_kind is None
+    with pytest.raises(ProtocolError, match="after the link ended with an error"):
+        conn.receive_from_client(client_auth())
+
+
+def test_error_result_ends_the_link() -> None:
+    conn = SpiceConnection()
+    steps = link_exchange(ChannelType.DISPLAY)[:3]
+    feed(conn, steps)
+    (event,) = conn.receive_from_server(encode_link_result(LinkError.BAD_CONNECTION_ID))
+    assert isinstance(event, LinkResultReceived)
+    assert event.result == LinkError.BAD_CONNECTION_ID
+    assert not event.ok
+    assert conn.state is ConnectionState.LINK_FAILED
+    with pytest.raises(ProtocolError, match="after the link ended"):
+        conn.receive_from_server(b"\0")
+
+
+def test_early_error_result_before_the_ticket() -> None:
+    # spice-server refuses an auth mechanism it does not offer right after the word.
+    conn = SpiceConnection()
+    feed(conn, link_exchange(ChannelType.MAIN)[:2])
+    conn.receive_from_client(encode_auth_mechanism(1))
+    (event,) = conn.receive_from_server(encode_link_result(LinkError.INVALID_DATA))
+    assert isinstance(event, LinkResultReceived)
+    assert conn.state is ConnectionState.LINK_FAILED
+
+
+def test_ok_result_before_the_ticket_is_refused() -> None:
+    conn = SpiceConnection()
+    feed(conn, link_exchange(ChannelType.MAIN)[:2])
+    conn.receive_from_client(encode_auth_mechanism(1) + PLACEHOLDER_TICKET[:100])
+    with pytest.raises(
+        ProtocolError, match="link result OK at offset 0 before the client's ticket"
+    ):
+        conn.receive_from_server(encode_link_result(LinkError.OK))
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+
+def test_sasl_is_refused() -> None:
+    conn = SpiceConnection()
+    feed(conn, link_exchange(ChannelType.MAIN)[:2])
+    with pytest.raises(ProtocolError, match="SASL is not supported by the gateway"):
+        conn.receive_from_client(encode_auth_mechanism(2))
+    assert conn.state is ConnectionState.BROKEN
+
+
+def test_unknown_auth_mechanism_is_refused() -> None:
+    conn = SpiceConnection()
+    feed(conn, link_exchange(ChannelType.MAIN)[:2])
+    with pytest.raises(ProtocolError, match="auth_mechanism at offset 0 is 3"):
+        conn.receive_from_client(encode_auth_mechanism(3))
+
+
+@pytest.mark.parametrize("prefix", [b"G", b"GET ", b"\x16\x03\x01", b"RE\0"])
+def test_wrong_magic_is_refused_as_soon_as_it_shows(prefix: bytes) -> None:
+    with pytest.raises(ProtocolError, match="client link header: field magic at offset 0"):
+        SpiceConnection().receive_from_client(prefix)
+
+
+def test_partial_magic_waits() -> None:
+    conn = SpiceConnection()
+    assert conn.receive_from_client(b"RE") == []
+    assert conn.receive_from_client(b"DQ") == []
+    assert conn.buffered(C2S) == 4
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        (b"REDQ" + struct.pack("<III", 1, 2, 18), "major_version at offset 4 is 1"),
+        (b"REDQ" + struct.pack("<III", 2, 2, 17), "size at offset 12 is 17"),
+        (b"REDQ" + struct.pack("<III", 2, 2, 5000), "size at offset 12 is 5000"),
+    ],
+)
+def test_bad_client_link_header(header: bytes, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        SpiceConnection().receive_from_client(header)
+
+
+def test_bad_caps_in_client_link_message() -> None:
+    mess = struct.pack("<IBBIII", 0, 1, 0, 2000, 0, 18)
+    conn = SpiceConnection()
+    with pytest.raises(ProtocolError, match="num_common_caps at offset 6 is 2000") as info:
+        conn.receive_from_client(b"REDQ" + struct.pack("<III", 2, 2, 18) + mess)
+    assert "client->server link message at stream offset 16" in str(info.value)
+
+
+def test_bad_server_reply_header() -> None:
+    conn = SpiceConnection()
+    conn.receive_from_client(client_link(ChannelType.MAIN))
+    with pytest.raises(ProtocolError, match="server link header: field magic"):
+        conn.receive_from_server(b"HTTP/1.1 400")
+
+
+def test_server_must_not_speak_first() -> None:
+    conn = SpiceConnection()
+    conn.receive_from_client(client_link(ChannelType.MAIN)[:20])
+    with pytest.raises(ProtocolError, match="server sent 4 bytes before the other side's link"):
+        conn.receive_from_server(b"REDQ")
+
+
+def test_client_must_wait_for_the_reply() -> None:
+    conn = SpiceConnection()
+    conn.receive_from_client(client_link(ChannelType.MAIN))
+    with pytest.raises(ProtocolError, match="client sent 4 bytes before the other side's link"):
+        conn.receive_from_client(encode_auth_mechanism(1))
+
+
+def test_client_must_wait_for_the_result() -> None:
+    conn = SpiceConnection()
+    feed(conn, link_exchange(ChannelType.MAIN)[:3])
+    with pytest.raises(ProtocolError, match="client sent 6 bytes before"):
+        conn.receive_from_client(MigrateFlushMark().encode(HeaderKind.MINI))
+
+
+def test_client_may_not_send_more_with_its_link_message() -> None:
+    with pytest.raises(ProtocolError, match="client sent 1 bytes before"):
+        SpiceConnection().receive_from_client(client_link(ChannelType.MAIN) + b"\x01")
+
+
+@pytest.mark.parametrize("mini", [True, False])
+def test_oversized_message_refused_at_its_header(mini: bool) -> None:
+    conn = SpiceConnection(max_message_size=1000)
+    feed(conn, link_exchange(ChannelType.DISPLAY, mini_header=mini))
+    kind = HeaderKind.MINI if mini else HeaderKind.FULL
+    fits = encode_data_message(kind, 2, bytes(1000))
+    assert len(conn.receive_from_server(fits)) == 1
+    too_big = encode_data_message(kind, 2, bytes(1001))
+    at = 2 if mini else 10
+    with pytest.raises(
+        ProtocolError, match=f"field size at offset {at} is 1001, more than the max"
+    ):
+        conn.receive_from_server(too_big[: kind.size])  # the body never needs to arrive
+
+
+def test_malformed_migration_message_names_where() -> None:
+    conn = linked(ChannelType.MAIN)
+    bad = encode_data_message(HeaderKind.MINI, 116, struct.pack("<HHIIIII", 1, 2, 5, 24, 0, 0, 1))
+    with pytest.raises(ProtocolError) as info:
+        conn.receive_from_server(bad)
+    message = str(info.value)
+    assert "main:0 channel, server->client data message at stream offset 202" in message
+    assert "message type 116: MigrateBeginSeamless: host at body offset 24 with 5 bytes" in message
+
+
+def test_refuses_everything_after_an_error() -> None:
+    conn = SpiceConnection()
+    with pytest.raises(ProtocolError):
+        conn.receive_from_client(b"XXXX")
+    for receive in (conn.receive_from_client, conn.receive_from_server):
+        with pytest.raises(ProtocolError, match="connection already failed, input refused"):
+            receive(b"REDQ")
+    assert conn.state is ConnectionState.BROKEN
+
+
+def test_max_message_size_is_checked() -> None:
+    with pytest.raises(ConfigError):
+        SpiceConnection(max_message_size=-1)
+    with pytest.raises(ConfigError):
+        SpiceConnection(max_message_size=2**32)
+
+
+# --- arbitrary input -----------------------------------------------------------------------
+
+
+@given(st.binary(max_size=400), st.integers(1, 64))
+def test_arbitrary_client_bytes_from_the_start(data: bytes, step: int) -> None:
+    conn = SpiceConnection()
+    events: list[Event] = []
+    try:
+        for i in range(0, len(data), step):
+            events.extend(conn.receive_from_client(data[i : i + step]))
+    except GatewayError:
+        assert conn.state is ConnectionState.BROKEN
+    # Whatever was accepted is an exact prefix of the input.
+    assert data.startswith(raw_of(events, C2S))
+
+
+@given(st.binary(min_size=1, max_size=200))
+def test_arbitrary_server_bytes_before_the_link_message(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        SpiceConnection().receive_from_server(data)
+
+
+@given(
+    stage=st.integers(0, 3),
+    direction=st.sampled_from(Direction),
+    mini=st.booleans(),
+    channel=st.sampled_from([ChannelType.MAIN, ChannelType.DISPLAY, 200]),
+    data=st.binary(max_size=600),
+    step=st.integers(1, 100),
+)
+def test_arbitrary_bytes_after_a_valid_prefix(
+    stage: int, direction: Direction, mini: bool, channel: int, data: bytes, step: int
+) -> None:
+    conn = SpiceConnection(max_message_size=4096)
+    feed(conn, link_exchange(channel, mini_header=mini)[: stage + 1])
+    receive = conn.receive_from_client if direction is C2S else conn.receive_from_server
+    events: list[Event] = []
+    try:
+        for i in range(0, len(data), step):
+            events.extend(receive(data[i : i + step]))
+    except GatewayError:
+        assert conn.state is ConnectionState.BROKEN
+        assert data.startswith(raw_of(events, direction))
+        return
+    assert raw_of(events, direction) + data[len(data) - conn.buffered(direction) :] == data
