@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from schemas._base import U8, U64, ChannelType, StateModel, StrictModel
 from schemas.registry import register
@@ -101,6 +101,13 @@ class SurfacesLossy(StrictModel):
         return self
 
 
+def _surface_kind(value: Any) -> str | None:
+    # A callable discriminator, so an unknown tag is reported by our message; pydantic's own
+    # would quote the offending value.
+    kind = value.get("kind") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if kind in ("lossless", "lossy") else None
+
+
 @register
 class DisplayState(StateModel):
     """``SpiceMigrateDataDisplay`` with its surfaces-at-client list."""
@@ -116,4 +123,11 @@ class DisplayState(StateModel):
     pixmap_cache_clients: tuple[U64, U64, U64, U64]
     glz_dict_id: U8
     glz_dict: GlzDictionary
-    surfaces: Annotated[SurfacesLossless | SurfacesLossy, Field(discriminator="kind")]
+    surfaces: Annotated[
+        Annotated[SurfacesLossless, Tag("lossless")] | Annotated[SurfacesLossy, Tag("lossy")],
+        Discriminator(
+            _surface_kind,
+            custom_error_type="surfaces_kind",
+            custom_error_message="kind must be 'lossless' or 'lossy'",
+        ),
+    ]

@@ -30,10 +30,11 @@ AGENT_CLIENT_WINDOW = 10
 VD_AGENT_MESSAGE_HEADER_SIZE = 20
 #: sizeof(VDIChunkHeader).
 VDI_CHUNK_HEADER_SIZE = 8
-#: The target reads the partial agent header 2 bytes after where the source put it (a quirk
-#: of spice-server's restore path); keeping the body 2 bytes under the buffer keeps that read
-#: inside the target's receive buffer.
-PARTIAL_HEADER_READ_SLACK = 2
+#: A target whose agent is not attached yet keeps a copy of a connected record that starts 8
+#: bytes into the body but is as long as the whole body, reading 8 bytes past it; the partial
+#: agent header is read 2 bytes after where the source put it. Keeping a connected body 8 bytes
+#: under the receive buffer keeps both reads inside it.
+CONNECTED_READ_SLACK = 8
 
 FilterResult = Annotated[int, Field(ge=0, le=3)]
 """AgentMsgFilterResult: 0 OK, 1 DISCARD, 2 PROTO_ERROR, 3 MONITORS_CONFIG."""
@@ -107,7 +108,7 @@ class MainState(StateModel):
             MAIN_FIXED_SIZE
             + agent.write_size
             + self.agent_to_client.msg_header_partial_len
-            + (PARTIAL_HEADER_READ_SLACK if self.agent_to_client.msg_header_partial_len else 0)
+            + (CONNECTED_READ_SLACK if agent.connected else 0)
         )
         if body > MAIN_MAX_BODY:
             raise ValueError(

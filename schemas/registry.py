@@ -11,12 +11,11 @@ _REGISTRY: dict[tuple[ChannelType, int], type[StateModel]] = {}
 
 def register(model: type[StateModel]) -> type[StateModel]:
     """Class decorator: make ``model`` the schema of its channels at its version."""
-    for channel in model.channel_types:
-        key = (channel, model.schema_version)
-        if key in _REGISTRY:
-            raise RuntimeError(
-                f"schema for {channel.name} v{model.schema_version} registered twice"
-            )
+    keys = [(channel, model.schema_version) for channel in model.channel_types]
+    for channel, version in keys:
+        if (channel, version) in _REGISTRY:
+            raise RuntimeError(f"schema for {channel.name} v{version} registered twice")
+    for key in keys:
         _REGISTRY[key] = model
     return model
 

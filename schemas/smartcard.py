@@ -10,12 +10,15 @@ from schemas._base import ChannelType, StateModel
 from schemas.chardev import CharDeviceState
 from schemas.registry import register
 
-__all__ = ["MAX_VSC_LENGTH", "VSC_HEADER_SIZE", "SmartcardState"]
+__all__ = ["MAX_VSC_LENGTH", "TARGET_READ_BUFFER", "VSC_HEADER_SIZE", "SmartcardState"]
 
 #: VSCMsgHeader: u32 type, u32 reader_id, u32 length, big-endian.
 VSC_HEADER_SIZE = 12
 #: VSC messages carry APDUs (at most 64 KiB plus framing); bound the length a header may claim.
 MAX_VSC_LENGTH = 65_536 + 16
+#: The target's read buffer starts at APDUBufSize (270) + the header, and grows to
+#: length + 12 only for a message whose length exceeds its current size.
+TARGET_READ_BUFFER = 270 + VSC_HEADER_SIZE
 
 
 @register
@@ -50,5 +53,10 @@ class SmartcardState(StateModel):
                 raise ValueError(
                     f"read_size {self.read_size} exceeds the partial VSC message "
                     f"({VSC_HEADER_SIZE} + {length} bytes)"
+                )
+            buffer = VSC_HEADER_SIZE + length if length > TARGET_READ_BUFFER else TARGET_READ_BUFFER
+            if self.read_size > buffer:
+                raise ValueError(
+                    f"read_size {self.read_size} exceeds the target's {buffer}-byte read buffer"
                 )
         return self

@@ -46,10 +46,10 @@ def layout_for(channel: ChannelType | int) -> Layout[Any]:
     try:
         return _LAYOUTS[ChannelType(channel)]
     except (KeyError, ValueError):
-        raise BadMagic(f"channel type {int(channel)} carries no migration data") from None
+        raise BadMagic(f"channel type {channel} carries no migration data") from None
 
 
-def decode(channel: ChannelType | int, data: bytes) -> StateModel:
+def decode(channel: ChannelType | int, data: bytes | bytearray | memoryview) -> StateModel:
     """Decode ``data`` as ``channel``'s native payload into its validated model."""
     state: StateModel = layout_for(channel).decode(data)
     return state

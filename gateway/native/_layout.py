@@ -175,14 +175,19 @@ def _compile_getter(fields: Sequence[Field]) -> Callable[[Any, Sequence[int]], t
 
 
 def schema_error(channel: str, error: ValidationError) -> SchemaViolation:
-    """A SchemaViolation naming the failing fields, never the input."""
+    """A SchemaViolation naming the failing fields, never the input, and short."""
     problems = []
     for item in error.errors(include_input=False, include_url=False)[:3]:
-        where = ".".join(str(part) for part in item["loc"]) or "state"
-        problems.append(f"{where}: {item['msg']}")
+        where = ".".join(_short(str(part), 40) for part in item["loc"]) or "state"
+        problems.append(f"{where}: {_short(item['msg'], 160)}")
     more = error.error_count() - len(problems)
     suffix = f" (+{more} more)" if more > 0 else ""
     return SchemaViolation(f"{channel}: " + "; ".join(problems) + suffix)
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Layout(Generic[M]):
@@ -229,7 +234,7 @@ class Layout(Generic[M]):
     def fail(self, error: type[Exception], message: str) -> Exception:
         return error(f"{self.channel}: {message}")
 
-    def decode(self, data: bytes) -> M:
+    def decode(self, data: bytes | bytearray | memoryview) -> M:
         """Native payload -> validated model, or a GatewayError naming field and offset."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise TypeError("payload must be bytes")
@@ -320,7 +325,8 @@ class Layout(Generic[M]):
             if length > size - ptr:
                 raise self.fail(
                     CountOutOfRange,
-                    f"{block.size} {length} at offset {ptr} runs past the end ({size} bytes)",
+                    f"{block.size} {length} (at offset {self.offsets[block.size]}) for the "
+                    f"block at offset {ptr} runs past the end ({size} bytes)",
                 )
             return data[ptr : ptr + length], ptr + length
         return block.decode(self, data, ptr)
