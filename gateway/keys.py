@@ -41,7 +41,9 @@ __all__ = [
     "KeyState",
     "Keyring",
     "KeyringFile",
+    "dump_keyring",
     "load_keyring",
+    "parse_keyring",
     "save_keyring",
 ]
 
@@ -166,7 +168,9 @@ class Keyring:
     # --- rotation ----------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, *, now: float | None = None, random_bytes: RandomBytes | None = None) -> Keyring:
+    def create(
+        cls, *, now: float | None = None, random_bytes: RandomBytes | None = None
+    ) -> Keyring:
         """A new keyring with a single active key."""
         return cls([Key.generate(KeyState.ACTIVE, now=now, random_bytes=random_bytes)])
 
@@ -323,11 +327,12 @@ def load_keyring(path: str | os.PathLike[str]) -> Keyring:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO planted at the path must not hang the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise KeyringError(f"cannot open keyring {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise KeyringError(f"keyring {path} is not a regular file")
         if info.st_mode & 0o077:
@@ -337,6 +342,10 @@ def load_keyring(path: str | os.PathLike[str]) -> Keyring:
             )
         if info.st_uid not in (os.geteuid(), 0):
             raise KeyringError(f"keyring {path} is owned by uid {info.st_uid}, not by this user")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as handle:
         data = handle.read(MAX_FILE_SIZE + 1)
     if len(data) > MAX_FILE_SIZE:
         raise KeyringError(f"keyring {path} is larger than {MAX_FILE_SIZE} bytes")

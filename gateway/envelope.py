@@ -1,0 +1,620 @@
+"""The sealed envelope: seal a channel's migration state for one migration, open it once.
+
+A blob is authenticated, encrypted and bound to its context (channel, VM, migration, source,
+target, direction, versions, lifetime). The SPICE client relays it but can neither read, alter,
+replay nor redirect it. SECURITY.md describes the byte format field by field; in short::
+
+    header (60 bytes, fixed) | context | ciphertext | GCM tag (16) | HMAC (32)
+
+Suite 1 (the only suite; it names one fixed set of algorithms and nothing in a blob can pick
+another): per-blob keys from HKDF-SHA256(secret, salt) with separate labels for encryption and
+MAC, AES-256-GCM over the msgpack-encoded state with header + context as associated data, and
+HMAC-SHA256 over header + context + GCM tag.
+
+Opening checks, in this order, and nothing is skipped: size; fixed header fields; key id;
+HMAC (constant time); GCM decryption; context; msgpack with every limit; strict schema;
+context comparison; lifetime and clock skew; minimum versions; and last, the replay guard, so
+a blob is recorded as consumed only when everything else passed.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import os
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Literal, NamedTuple, cast
+
+import msgpack
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import ValidationError
+
+from gateway.errors import (
+    AuthenticationFailed,
+    BadMagic,
+    ConfigError,
+    ContextMismatch,
+    CountOutOfRange,
+    DowngradeRefused,
+    Expired,
+    GatewayError,
+    MalformedInput,
+    NotYetValid,
+    SchemaViolation,
+    TooLarge,
+    Truncated,
+    UnaccountedBytes,
+    UnsupportedVersion,
+)
+from gateway.keys import Key, Keyring
+from gateway.native._layout import schema_error
+from gateway.replay import ReplayGuard
+from schemas import ChannelType, StateModel, model_for
+from schemas.chardev import MAX_PENDING_WRITE
+from schemas.display import NUM_SURFACES
+
+__all__ = [
+    "ANY_MIGRATION",
+    "DEFAULT_CLOCK_SKEW",
+    "DEFAULT_POLICY",
+    "DEFAULT_TTL",
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_TTL",
+    "SUITE",
+    "Context",
+    "Direction",
+    "ExpectedContext",
+    "Header",
+    "Opened",
+    "Policy",
+    "open_envelope",
+    "read_header",
+    "seal",
+]
+
+MAGIC: Final = b"SMGE"
+FORMAT_VERSION: Final = 1
+SUITE: Final = 1
+
+#: magic, format version, suite, context length, body length, key id, salt; big-endian.
+_HEADER: Final = struct.Struct(">4sBBHI16s32s")
+HEADER_SIZE: Final = _HEADER.size
+SALT_SIZE: Final = 32
+TAG_SIZE: Final = 16
+MAC_SIZE: Final = 32
+#: Each blob has its own encryption key, used for exactly one message, so a fixed nonce is
+#: safe (the construction age uses for its payload key).
+_NONCE: Final = bytes(12)
+_INFO_ENC: Final = b"spice-migration-gateway envelope v1 suite 1 encryption"
+_INFO_MAC: Final = b"spice-migration-gateway envelope v1 suite 1 mac"
+
+#: channel type, channel id, direction, schema version, VM id, migration id, issued-at,
+#: expires-at; then two host ids, each a length byte and UTF-8.
+_CONTEXT: Final = struct.Struct(">BBBH16s16sQQ")
+MAX_HOST_ID: Final = 255
+_MIN_CONTEXT: Final = _CONTEXT.size + 2 * (1 + 1)
+_MAX_CONTEXT: Final = _CONTEXT.size + 2 * (1 + MAX_HOST_ID)
+
+DEFAULT_TTL: Final = 300
+"""Seconds a blob stays valid: minutes, enough for a client to relay it after migration."""
+MAX_TTL: Final = 3600
+DEFAULT_CLOCK_SKEW: Final = 30
+
+RandomBytes = Callable[[int], bytes]
+
+
+class Direction(enum.IntEnum):
+    """Which way the state travels; bound so a blob cannot be turned around."""
+
+    SOURCE_TO_TARGET = 1
+    TARGET_TO_SOURCE = 2
+
+
+class _Any(enum.Enum):
+    ANY = "any"
+
+    def __repr__(self) -> str:
+        return "ANY_MIGRATION"
+
+
+ANY_MIGRATION: Final = _Any.ANY
+"""Expected migration id for the first channel of a session, before the target knows it."""
+
+
+def _check_host(value: str, name: str) -> None:
+    # isprintable() is False for surrogates, so encode() cannot fail after it.
+    if not isinstance(value, str) or not value.isprintable() or not (
+        1 <= len(value.encode()) <= MAX_HOST_ID
+    ):
+        raise ConfigError(f"{name} must be 1 to {MAX_HOST_ID} bytes of printable UTF-8")
+
+
+def _check_u(value: int, bits: int, name: str, low: int = 0) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value < 1 << bits:
+        raise ConfigError(f"{name} must be an integer from {low} to {(1 << bits) - 1}")
+
+
+def _coerce_enums(context: Context | ExpectedContext) -> None:
+    """Accept plain ints for the enum fields, store the enums (frozen, hence __setattr__)."""
+    try:
+        object.__setattr__(context, "channel_type", ChannelType(context.channel_type))
+        object.__setattr__(context, "direction", Direction(context.direction))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a blob is for: bound inside the authenticated part of every blob."""
+
+    channel_type: ChannelType
+    channel_id: int
+    vm_id: uuid.UUID
+    migration_id: uuid.UUID
+    source_host: str
+    target_host: str
+    schema_version: int
+    direction: Direction = Direction.SOURCE_TO_TARGET
+
+    def __post_init__(self) -> None:
+        _coerce_enums(self)
+        _check_u(self.channel_id, 8, "channel_id")
+        _check_u(self.schema_version, 16, "schema_version", low=1)
+        if not isinstance(self.vm_id, uuid.UUID) or not isinstance(self.migration_id, uuid.UUID):
+            raise ConfigError("vm_id and migration_id must be UUIDs")
+        _check_host(self.source_host, "source_host")
+        _check_host(self.target_host, "target_host")
+
+
+@dataclass(frozen=True)
+class ExpectedContext:
+    """What the opener expects. Every field must match, with two deliberate freedoms:
+
+    ``sources`` is the set of trusted source host ids, and ``migration_id`` may be
+    :data:`ANY_MIGRATION` for the first blob of a client session; the caller then pins
+    :attr:`Opened.context.migration_id <Context.migration_id>` for the session's other channels.
+    """
+
+    channel_type: ChannelType
+    channel_id: int
+    vm_id: uuid.UUID
+    migration_id: uuid.UUID | Literal[_Any.ANY]
+    sources: frozenset[str]
+    target_host: str
+    schema_version: int
+    direction: Direction = Direction.SOURCE_TO_TARGET
+
+    def __post_init__(self) -> None:
+        _coerce_enums(self)
+        object.__setattr__(self, "sources", frozenset(self.sources))
+        if not self.sources:
+            raise ConfigError("the set of trusted source hosts is empty")
+        for source in self.sources:
+            _check_host(source, "source host")
+        migration = self.migration_id
+        # Reuse Context's checks on everything else.
+        Context(
+            self.channel_type,
+            self.channel_id,
+            self.vm_id,
+            uuid.UUID(int=0) if migration is ANY_MIGRATION else migration,
+            next(iter(self.sources)),
+            self.target_host,
+            self.schema_version,
+            self.direction,
+        )
+
+    @classmethod
+    def of(
+        cls,
+        context: Context,
+        *,
+        sources: Iterable[str] | None = None,
+        migration_id: uuid.UUID | Literal[_Any.ANY] | None = None,
+    ) -> ExpectedContext:
+        """Expect exactly ``context`` (optionally widening the sources or the migration)."""
+        return cls(
+            channel_type=context.channel_type,
+            channel_id=context.channel_id,
+            vm_id=context.vm_id,
+            migration_id=context.migration_id if migration_id is None else migration_id,
+            sources=frozenset([context.source_host] if sources is None else sources),
+            target_host=context.target_host,
+            schema_version=context.schema_version,
+            direction=context.direction,
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The opener's limits. All have safe defaults; none can switch a check off."""
+
+    max_blob_size: int = MAX_PENDING_WRITE + 64 * 1024
+    """Refused before anything else is looked at. Default: the largest valid state plus framing."""
+    clock_skew: int = DEFAULT_CLOCK_SKEW
+    """Seconds the two hosts' clocks may differ, applied to both ends of the lifetime."""
+    max_ttl: int = MAX_TTL
+    """Longest lifetime accepted; bounds how long the replay guard keeps a row."""
+    min_format_version: int = FORMAT_VERSION
+    min_schema_version: int = 1
+    max_depth: int = 16
+    """msgpack nesting; the deepest state (display, lossy surfaces) needs 5."""
+    max_str_len: int = 64
+    """Strings are only field names and union tags."""
+    max_array_len: int = NUM_SURFACES
+    max_map_len: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_blob_size", "max_ttl", "max_depth", "max_str_len", "max_map_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"policy {name} must be positive")
+        if not 0 <= self.clock_skew <= 600:
+            raise ConfigError("policy clock_skew must be from 0 to 600 seconds")
+        if self.max_array_len < 0 or self.min_format_version < 1 or self.min_schema_version < 1:
+            raise ConfigError("policy limits and minimum versions must be positive")
+
+
+DEFAULT_POLICY: Final = Policy()
+
+
+class Header(NamedTuple):
+    """The fixed header. Unauthenticated until :func:`open_envelope` verified the blob."""
+
+    format_version: int
+    suite: int
+    context_length: int
+    body_length: int
+    key_id: bytes
+    salt: bytes
+
+    @property
+    def blob_id(self) -> bytes:
+        """The random salt doubles as the blob's single-use id."""
+        return self.salt
+
+    @property
+    def total_length(self) -> int:
+        return HEADER_SIZE + self.context_length + self.body_length + TAG_SIZE + MAC_SIZE
+
+
+@dataclass(frozen=True)
+class Opened:
+    """An opened blob: the validated state and the authenticated context it was sealed for."""
+
+    state: StateModel
+    context: Context
+    issued_at: int
+    expires_at: int
+    key_id: bytes
+    blob_id: bytes
+
+
+# --- the format ----------------------------------------------------------------------------
+
+
+def _hmac(key: bytes, message: bytes) -> bytes:
+    # hmac.new with a digest name reuses OpenSSL's cached SHA-256; the one-shot hmac.digest
+    # looks the digest up on every call, which costs more than hashing a small message.
+    return hmac.new(key, message, "sha256").digest()
+
+
+def _derive(secret: bytes, salt: bytes) -> tuple[bytes, bytes]:
+    """HKDF-SHA256 (RFC 5869) with one extract and two single-block expands.
+
+    For a 32-byte output, HKDF-Expand is exactly one HMAC of ``info || 0x01``; spelling that out
+    saves a second extract per label (checked against a reference HKDF in the tests).
+    """
+    prk = _hmac(salt, secret)
+    return _hmac(prk, _INFO_ENC + b"\x01"), _hmac(prk, _INFO_MAC + b"\x01")
+
+
+def _encode_context(context: Context, issued_at: int, expires_at: int) -> bytes:
+    source = context.source_host.encode()
+    target = context.target_host.encode()
+    fixed = _CONTEXT.pack(
+        context.channel_type,
+        context.channel_id,
+        context.direction,
+        context.schema_version,
+        context.vm_id.bytes,
+        context.migration_id.bytes,
+        issued_at,
+        expires_at,
+    )
+    return b"".join((fixed, bytes([len(source)]), source, bytes([len(target)]), target))
+
+
+def _read_host(data: bytes, offset: int, name: str) -> tuple[str, int]:
+    size = data[offset]
+    end = offset + 1 + size
+    if end > len(data):
+        raise Truncated(f"context: {name} runs past the context at offset {offset}")
+    try:
+        return data[offset + 1 : end].decode("utf-8"), end
+    except UnicodeDecodeError:
+        raise MalformedInput(f"context: {name} is not UTF-8") from None
+
+
+def _decode_context(data: bytes) -> tuple[Context, int, int]:
+    """The authenticated context; only ever called on bytes the MAC has verified."""
+    channel, channel_id, direction, schema, vm, migration, issued, expires = _CONTEXT.unpack_from(
+        data
+    )
+    source, offset = _read_host(data, _CONTEXT.size, "source_host")
+    if offset >= len(data):
+        raise Truncated(f"context: target_host missing at offset {offset}")
+    target, offset = _read_host(data, offset, "target_host")
+    if offset != len(data):
+        raise UnaccountedBytes(f"context: {len(data) - offset} bytes after target_host")
+    if expires < issued:
+        raise MalformedInput("context: expires_at is before issued_at")
+    try:
+        context = Context(
+            ChannelType(channel),
+            channel_id,
+            uuid.UUID(bytes=vm),
+            uuid.UUID(bytes=migration),
+            source,
+            target,
+            schema,
+            Direction(direction),
+        )
+    except (ValueError, ConfigError) as exc:
+        raise MalformedInput(f"context: {exc}") from None
+    return context, issued, expires
+
+
+def read_header(blob: bytes) -> Header:
+    """Parse and bounds-check the fixed header: the only parsing done before authentication."""
+    if len(blob) < HEADER_SIZE:
+        raise Truncated(f"envelope: {len(blob)} bytes, shorter than the {HEADER_SIZE}-byte header")
+    magic, version, suite, context_length, body_length, key_id, salt = _HEADER.unpack_from(blob)
+    if magic != MAGIC:
+        raise BadMagic("envelope: bad magic at offset 0")
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersion(f"envelope: format version {version} at offset 4")
+    if suite != SUITE:
+        raise UnsupportedVersion(f"envelope: suite {suite} at offset 5")
+    if not _MIN_CONTEXT <= context_length <= _MAX_CONTEXT:
+        raise CountOutOfRange(
+            f"envelope: context length {context_length} at offset 6 is outside "
+            f"{_MIN_CONTEXT}..{_MAX_CONTEXT}"
+        )
+    header = Header(version, suite, context_length, body_length, key_id, salt)
+    if len(blob) < header.total_length:
+        raise Truncated(
+            f"envelope: {len(blob)} bytes, the header declares {header.total_length}"
+        )
+    if len(blob) > header.total_length:
+        raise UnaccountedBytes(
+            f"envelope: {len(blob) - header.total_length} bytes after offset {header.total_length}"
+        )
+    return header
+
+
+def _seal_payload(
+    payload: bytes, context: Context, issued_at: int, expires_at: int, key: Key, salt: bytes
+) -> bytes:
+    """Seal already-encoded bytes. No validation of ``payload``: the opener never relies on it."""
+    if len(salt) != SALT_SIZE:
+        raise ConfigError(f"the random source gave a {len(salt)}-byte salt, not {SALT_SIZE}")
+    encoded = _encode_context(context, issued_at, expires_at)
+    header = _HEADER.pack(
+        MAGIC, FORMAT_VERSION, SUITE, len(encoded), len(payload), key.key_id, salt
+    )
+    enc_key, mac_key = _derive(key.secret, salt)
+    authenticated = header + encoded
+    body = AESGCM(enc_key).encrypt(_NONCE, payload, authenticated)
+    # Drop the plaintext before the final copy: with megabytes of state, a third buffer of
+    # that size alive at once costs more in fresh pages than the encryption itself.
+    del payload
+    mac = _hmac(mac_key, authenticated + body[-TAG_SIZE:])
+    return b"".join((authenticated, body, mac))
+
+
+def _check_time(value: float, name: str) -> int:
+    seconds = int(value)
+    if not 0 <= seconds < 1 << 63:
+        raise ConfigError(f"{name} is outside the representable range")
+    return seconds
+
+
+def seal(
+    state: StateModel,
+    context: Context,
+    keyring: Keyring,
+    *,
+    ttl: int = DEFAULT_TTL,
+    now: float | None = None,
+    random_bytes: RandomBytes | None = None,
+) -> bytes:
+    """Seal ``state`` for ``context`` with the keyring's active key, valid for ``ttl`` seconds."""
+    model = type(state)
+    if context.channel_type not in model.channel_types:
+        raise ContextMismatch(
+            "channel_type",
+            f"a {model.__name__} cannot be sealed for channel {context.channel_type.name}",
+        )
+    if context.schema_version != model.schema_version:
+        raise ContextMismatch(
+            "schema_version",
+            f"context names schema version {context.schema_version}, the state is "
+            f"{model.__name__} v{model.schema_version}",
+        )
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL:
+        raise ConfigError(f"ttl must be from 1 to {MAX_TTL} seconds")
+    issued_at = _check_time(time.time() if now is None else now, "now")
+    salt = (random_bytes or os.urandom)(SALT_SIZE)
+    return _seal_payload(
+        msgpack.packb(state.model_dump(mode="python"), use_bin_type=True),
+        context,
+        issued_at,
+        issued_at + ttl,
+        keyring.active,
+        salt,
+    )
+
+
+# --- opening -------------------------------------------------------------------------------
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        raise MalformedInput("sealed state: duplicate map key")
+    return mapping
+
+
+def _no_ext(code: int, data: bytes) -> object:
+    raise MalformedInput(f"sealed state: msgpack extension type {code} is not allowed")
+
+
+_CONTAINERS: Final = frozenset({dict, tuple})
+
+
+def _check_depth(obj: object, limit: int) -> None:
+    """Refuse nesting deeper than ``limit``, one level at a time (no recursion)."""
+    level = [obj] if type(obj) in _CONTAINERS else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            raise CountOutOfRange(f"sealed state: nesting deeper than {limit}")
+        below: list[object] = []
+        for item in level:
+            children: Iterable[object] = (
+                item.values() if isinstance(item, dict) else cast("tuple[object, ...]", item)
+            )
+            below += [child for child in children if type(child) in _CONTAINERS]
+        level = below
+
+
+def _unpack(payload: bytes, policy: Policy) -> object:
+    """msgpack with every limit set before the input can make anything allocate."""
+    try:
+        obj = msgpack.unpackb(
+            payload,
+            raw=False,
+            use_list=False,
+            strict_map_key=True,
+            object_pairs_hook=_unique_keys,
+            ext_hook=_no_ext,
+            max_str_len=policy.max_str_len,
+            max_bin_len=min(policy.max_blob_size, len(payload)),
+            max_array_len=min(policy.max_array_len, len(payload)),
+            max_map_len=min(policy.max_map_len, len(payload)),
+            max_ext_len=0,
+        )
+    except GatewayError:
+        raise
+    except Exception as exc:  # msgpack's errors are ValueError subclasses and a few others
+        raise MalformedInput(
+            f"sealed state: not msgpack within limits ({type(exc).__name__}: {str(exc)[:80]})"
+        ) from None
+    _check_depth(obj, policy.max_depth)
+    return obj
+
+
+def _compare(expected: ExpectedContext, got: Context) -> None:
+    checks: tuple[tuple[str, bool], ...] = (
+        ("channel_type", got.channel_type == expected.channel_type),
+        ("channel_id", got.channel_id == expected.channel_id),
+        ("vm_id", got.vm_id == expected.vm_id),
+        (
+            "migration_id",
+            expected.migration_id is ANY_MIGRATION or got.migration_id == expected.migration_id,
+        ),
+        ("source_host", got.source_host in expected.sources),
+        ("target_host", got.target_host == expected.target_host),
+        ("direction", got.direction == expected.direction),
+        ("schema_version", got.schema_version == expected.schema_version),
+    )
+    for name, ok in checks:
+        if not ok:
+            raise ContextMismatch(
+                name,
+                f"context field {name!r} does not match "
+                f"({expected.channel_type.name.lower()} channel {expected.channel_id})",
+            )
+
+
+def open_envelope(
+    blob: bytes,
+    expected: ExpectedContext,
+    keyring: Keyring,
+    replay_guard: ReplayGuard,
+    *,
+    policy: Policy = DEFAULT_POLICY,
+    now: float | None = None,
+) -> Opened:
+    """Verify, decrypt, decode and check ``blob``; record it as consumed; return its state.
+
+    Raises a :class:`~gateway.errors.GatewayError` subclass for every refusal, and records
+    nothing unless every check passed.
+    """
+    if len(blob) > policy.max_blob_size:
+        raise TooLarge(f"envelope: {len(blob)} bytes, over the {policy.max_blob_size}-byte limit")
+    blob = bytes(blob)
+    header = read_header(blob)
+    key = keyring.for_opening(header.key_id)
+    enc_key, mac_key = _derive(key.secret, header.salt)
+
+    context_end = HEADER_SIZE + header.context_length
+    tag_end = len(blob) - MAC_SIZE
+    authenticated = blob[:context_end]
+    mac = _hmac(mac_key, authenticated + blob[tag_end - TAG_SIZE : tag_end])
+    if not hmac.compare_digest(mac, blob[tag_end:]):
+        raise AuthenticationFailed("envelope: signature does not verify")
+    try:
+        payload = AESGCM(enc_key).decrypt(
+            _NONCE, memoryview(blob)[context_end:tag_end], authenticated
+        )
+    except InvalidTag:
+        raise AuthenticationFailed("envelope: ciphertext does not verify") from None
+
+    context, issued_at, expires_at = _decode_context(blob[HEADER_SIZE:context_end])
+    obj = _unpack(payload, policy)
+    del payload  # the state holds its own copy of any large bytes; free this one early
+    model = model_for(context.channel_type, context.schema_version)
+    if model is None:
+        raise UnsupportedVersion(
+            f"no schema v{context.schema_version} for channel {context.channel_type.name}"
+        )
+    try:
+        state = model.model_validate(obj)
+    except ValidationError as exc:
+        raise schema_error(context.channel_type.name.lower(), exc) from None
+    except (ValueError, TypeError) as exc:  # pragma: no cover - pydantic wraps these
+        raise SchemaViolation(f"{context.channel_type.name.lower()}: {exc}") from None
+
+    _compare(expected, context)
+    clock = _check_time(time.time() if now is None else now, "now")
+    if expires_at - issued_at > policy.max_ttl:
+        raise ContextMismatch(
+            "expires_at",
+            f"lifetime {expires_at - issued_at} s exceeds the accepted {policy.max_ttl} s",
+        )
+    if clock > expires_at + policy.clock_skew:
+        raise Expired(f"envelope expired {clock - expires_at} s ago")
+    if issued_at > clock + policy.clock_skew:
+        raise NotYetValid(f"envelope issued {issued_at - clock} s in the future")
+    if header.format_version < policy.min_format_version:
+        raise DowngradeRefused(
+            f"format version {header.format_version} is below the minimum "
+            f"{policy.min_format_version}"
+        )
+    if context.schema_version < policy.min_schema_version:
+        raise DowngradeRefused(
+            f"schema version {context.schema_version} is below the minimum "
+            f"{policy.min_schema_version}"
+        )
+
+    replay_guard.consume(header.salt, expires_at + policy.clock_skew, now=clock)
+    return Opened(state, context, issued_at, expires_at, header.key_id, header.salt)

@@ -1,0 +1,341 @@
+"""seal / open: round trips for every channel, context binding, pinning, derivation, inputs.
+
+The refusals (tampering, replay, expiry, bombs...) are in test_envelope_attacks.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import gateway
+from gateway import native
+from gateway.envelope import (
+    ANY_MIGRATION,
+    DEFAULT_TTL,
+    HEADER_SIZE,
+    MAX_TTL,
+    Context,
+    Direction,
+    ExpectedContext,
+    Policy,
+    _derive,
+    open_envelope,
+    read_header,
+    seal,
+)
+from gateway.errors import ConfigError, ContextMismatch
+from gateway.keys import Keyring
+from gateway.replay import ReplayGuard
+from schemas import (
+    ChannelType,
+    CharDeviceState,
+    DisplayState,
+    MainState,
+    SpicevmcState,
+    StateModel,
+)
+from tests.strategies import budget, channel_states
+from tests.vectors.envelope import reference
+
+SAMPLES = Path(gateway.__file__).parent / "samples"
+NOW = 1_800_000_000
+VM = uuid.UUID("6f1c1b9e-0d5e-4d8a-9a53-2f43c0a5f0a1")
+MIGRATION = uuid.UUID("0b7e2a58-8c36-4f0e-9f0b-6c1d2e3f4a5b")
+
+
+def sample(name: str) -> tuple[ChannelType, bytes, StateModel]:
+    channel = native.channel_by_name(name)
+    data = (SAMPLES / f"{name}.bin").read_bytes()
+    return channel, data, native.decode(channel, data)
+
+
+def context_for(channel: ChannelType, **changes: object) -> Context:
+    fields: dict[str, object] = {
+        "channel_type": channel,
+        "channel_id": 0,
+        "vm_id": VM,
+        "migration_id": MIGRATION,
+        "source_host": "src.example",
+        "target_host": "dst.example",
+        "schema_version": 1,
+    }
+    fields.update(changes)
+    return Context(**fields)  # type: ignore[arg-type]
+
+
+def counter_random() -> Callable[[int], bytes]:
+    counter = itertools.count(1)
+    return lambda size: next(counter).to_bytes(size, "big")
+
+
+def device(data: bytes) -> CharDeviceState:
+    return CharDeviceState(
+        connected=True,
+        num_client_tokens=3,
+        num_send_tokens=4,
+        write_size=len(data),
+        write_num_client_tokens=min(1, len(data)),
+        write_data=data,
+    )
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring.create(now=NOW)
+
+
+@pytest.fixture
+def guard(tmp_path: Path) -> Iterator[ReplayGuard]:
+    with ReplayGuard(tmp_path / "replay.db") as replay_guard:
+        yield replay_guard
+
+
+@pytest.mark.parametrize("name", sorted(native.CHANNEL_NAMES))
+def test_every_sample_round_trips_to_the_same_native_bytes(
+    name: str, keyring: Keyring, guard: ReplayGuard
+) -> None:
+    channel, data, state = sample(name)
+    context = context_for(channel, channel_id=3)
+    blob = seal(state, context, keyring, now=NOW)
+    opened = open_envelope(blob, ExpectedContext.of(context), keyring, guard, now=NOW + 1)
+    assert opened.state == state
+    assert type(opened.state) is type(state)
+    assert opened.context == context
+    assert opened.issued_at == NOW
+    assert opened.expires_at == NOW + DEFAULT_TTL
+    assert opened.key_id == keyring.active.key_id
+    assert opened.blob_id == read_header(blob).salt
+    assert native.encode(opened.state, channel) == data
+    assert opened.blob_id in guard
+
+
+@given(item=channel_states())
+@budget(60)
+def test_any_valid_state_round_trips(item: tuple[ChannelType, StateModel]) -> None:
+    channel, state = item
+    ring = Keyring.create(now=NOW)
+    context = context_for(channel, channel_id=7)
+    blob = seal(state, context, ring, now=NOW)
+    with tempfile.TemporaryDirectory() as tmp, ReplayGuard(Path(tmp) / "r.db") as fresh:
+        opened = open_envelope(blob, ExpectedContext.of(context), ring, fresh, now=NOW)
+    assert opened.state == state
+    assert native.encode(opened.state, channel) == native.encode(state, channel)
+
+
+def test_first_channel_learns_the_migration_id_and_the_others_are_pinned(
+    keyring: Keyring, guard: ReplayGuard
+) -> None:
+    _, _, main_state = sample("main")
+    _, _, display_state = sample("display")
+    main_ctx = context_for(ChannelType.MAIN)
+    display_ctx = context_for(ChannelType.DISPLAY)
+    first = open_envelope(
+        seal(main_state, main_ctx, keyring, now=NOW),
+        ExpectedContext.of(main_ctx, migration_id=ANY_MIGRATION),
+        keyring,
+        guard,
+        now=NOW,
+    )
+    pinned = first.context.migration_id
+    assert pinned == MIGRATION
+    expected = ExpectedContext.of(display_ctx, migration_id=pinned)
+    open_envelope(seal(display_state, display_ctx, keyring, now=NOW), expected, keyring, guard,
+                  now=NOW)
+
+    other = context_for(ChannelType.DISPLAY, migration_id=uuid.uuid4())
+    with pytest.raises(ContextMismatch) as caught:
+        open_envelope(seal(display_state, other, keyring, now=NOW), expected, keyring, guard,
+                      now=NOW)
+    assert caught.value.field == "migration_id"
+
+
+def test_any_trusted_source_is_accepted(keyring: Keyring, guard: ReplayGuard) -> None:
+    _, _, state = sample("inputs")
+    context = context_for(ChannelType.INPUTS, source_host="b.example")
+    expected = ExpectedContext.of(context, sources={"a.example", "b.example", "c.example"})
+    assert open_envelope(seal(state, context, keyring, now=NOW), expected, keyring, guard,
+                         now=NOW).context.source_host == "b.example"
+
+
+def test_spicevmc_state_seals_for_each_of_its_channels(
+    keyring: Keyring, guard: ReplayGuard
+) -> None:
+    state = SpicevmcState(device=device(b"pending bytes"))
+    for channel in (ChannelType.USBREDIR, ChannelType.PORT, ChannelType.WEBDAV):
+        context = context_for(channel)
+        opened = open_envelope(seal(state, context, keyring, now=NOW),
+                               ExpectedContext.of(context), keyring, guard, now=NOW)
+        assert opened.context.channel_type is channel
+
+
+@given(secret=st.binary(min_size=32, max_size=32), salt=st.binary(min_size=32, max_size=32))
+@budget(100)
+def test_derivation_is_hkdf_sha256_with_one_label_per_purpose(secret: bytes, salt: bytes) -> None:
+    assert _derive(secret, salt) == reference.derive(secret, salt)
+
+
+def test_seal_writes_the_documented_bytes(keyring: Keyring) -> None:
+    """The gateway's blob equals one built from SECURITY.md by the plain reference sealer."""
+    _, _, state = sample("display")
+    context = context_for(ChannelType.DISPLAY, channel_id=1)
+    blob = seal(state, context, keyring, now=NOW, ttl=120, random_bytes=counter_random())
+    raw_context = reference.RawContext(
+        channel_type=2, channel_id=1, direction=1, schema_version=1, vm_id=VM,
+        migration_id=MIGRATION, issued_at=NOW, expires_at=NOW + 120,
+        source_host="src.example", target_host="dst.example",
+    )
+    payload = msgpack.packb(state.model_dump(mode="python"), use_bin_type=True)
+    assert blob == reference.seal_raw(
+        payload,
+        raw_context.encode(),
+        key_id=keyring.active.key_id,
+        secret=keyring.active.secret,
+        salt=(1).to_bytes(32, "big"),
+    )
+
+
+def test_header_names_the_active_key_and_a_fresh_salt_each_time(keyring: Keyring) -> None:
+    _, _, state = sample("smartcard")
+    context = context_for(ChannelType.SMARTCARD)
+    first = read_header(seal(state, context, keyring, now=NOW))
+    second = read_header(seal(state, context, keyring, now=NOW))
+    assert first.key_id == second.key_id == keyring.active.key_id
+    assert first.salt != second.salt
+    assert (first.format_version, first.suite) == (1, 1)
+
+
+def test_new_seals_use_the_new_active_key_after_rotation(keyring: Keyring) -> None:
+    _, _, state = sample("inputs")
+    rotated, promoted = keyring.rotated()
+    blob = seal(state, context_for(ChannelType.INPUTS), rotated, now=NOW)
+    assert read_header(blob).key_id == promoted.key_id != keyring.active.key_id
+
+
+def test_the_state_is_encrypted(keyring: Keyring) -> None:
+    marker = b"MARKER-" * 10
+    state = SpicevmcState(device=device(marker))
+    blob = seal(state, context_for(ChannelType.USBREDIR), keyring, now=NOW)
+    assert marker[:8] not in blob
+    assert b"write_data" not in blob
+    header = read_header(blob)
+    assert header.body_length == len(msgpack.packb(state.model_dump(), use_bin_type=True))
+    assert len(blob) == header.total_length
+    # The context travels in the clear (authenticated, not secret): the host ids are visible.
+    assert b"src.example" in blob[HEADER_SIZE:]
+
+
+# --- what seal refuses ---------------------------------------------------------------------
+
+
+def test_seal_refuses_a_state_of_another_channel(keyring: Keyring) -> None:
+    _, _, state = sample("display")
+    with pytest.raises(ContextMismatch) as caught:
+        seal(state, context_for(ChannelType.MAIN), keyring, now=NOW)
+    assert caught.value.field == "channel_type"
+
+
+def test_seal_refuses_another_schema_version(keyring: Keyring) -> None:
+    _, _, state = sample("main")
+    assert isinstance(state, MainState)
+    with pytest.raises(ContextMismatch) as caught:
+        seal(state, context_for(ChannelType.MAIN, schema_version=2), keyring, now=NOW)
+    assert caught.value.field == "schema_version"
+
+
+@pytest.mark.parametrize("ttl", [0, -1, MAX_TTL + 1, True])
+def test_seal_refuses_a_lifetime_out_of_range(keyring: Keyring, ttl: int) -> None:
+    _, _, state = sample("inputs")
+    with pytest.raises(ConfigError, match="ttl"):
+        seal(state, context_for(ChannelType.INPUTS), keyring, ttl=ttl, now=NOW)
+
+
+def test_seal_refuses_a_random_source_that_gives_the_wrong_size(keyring: Keyring) -> None:
+    _, _, state = sample("inputs")
+    with pytest.raises(ConfigError, match="16-byte salt"):
+        seal(state, context_for(ChannelType.INPUTS), keyring, random_bytes=lambda n: b"r" * 16)
+
+
+def test_seal_refuses_a_clock_before_the_epoch(keyring: Keyring) -> None:
+    _, _, state = sample("inputs")
+    with pytest.raises(ConfigError, match="now"):
+        seal(state, context_for(ChannelType.INPUTS), keyring, now=-5)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"channel_id": 256},
+        {"channel_id": -1},
+        {"channel_id": True},
+        {"schema_version": 0},
+        {"schema_version": 1 << 16},
+        {"source_host": ""},
+        {"target_host": "x" * 256},
+        {"target_host": "é" * 128},
+        {"source_host": "bad\nhost"},
+        {"vm_id": "6f1c1b9e-0d5e-4d8a-9a53-2f43c0a5f0a1"},
+        {"channel_type": 99},
+        {"direction": 3},
+    ],
+)
+def test_context_refuses_values_it_cannot_encode(changes: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        context_for(ChannelType.MAIN, **changes)
+
+
+def test_context_accepts_the_longest_host_id_and_plain_ints() -> None:
+    context = context_for(2, target_host="é" * 127 + "x", direction=1)  # type: ignore[arg-type]
+    assert context.channel_type is ChannelType.DISPLAY
+    assert context.direction is Direction.SOURCE_TO_TARGET
+
+
+def test_expected_context_needs_a_trusted_source() -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        ExpectedContext.of(context_for(ChannelType.MAIN), sources=[])
+    with pytest.raises(ConfigError):
+        ExpectedContext.of(context_for(ChannelType.MAIN), sources=["ok", ""])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_blob_size": 0},
+        {"clock_skew": -1},
+        {"clock_skew": 601},
+        {"max_ttl": 0},
+        {"max_depth": 0},
+        {"min_schema_version": 0},
+        {"min_format_version": 0},
+    ],
+)
+def test_policy_refuses_nonsense(changes: dict[str, int]) -> None:
+    with pytest.raises(ConfigError):
+        dataclasses.replace(Policy(), **changes)
+
+
+def test_display_state_with_surfaces_round_trips(keyring: Keyring, guard: ReplayGuard) -> None:
+    """The deepest model (lossy surfaces) fits the default nesting limit."""
+    _, _, base = sample("display")
+    assert isinstance(base, DisplayState)
+    lossy = {
+        "kind": "lossy",
+        "surfaces": tuple(
+            {"id": i, "lossy_rect": {"left": 0, "top": 0, "right": 10, "bottom": 20}}
+            for i in range(0, 40, 3)
+        ),
+    }
+    state = DisplayState.model_validate({**base.model_dump(), "surfaces": lossy})
+    context = context_for(ChannelType.DISPLAY)
+    opened = open_envelope(seal(state, context, keyring, now=NOW), ExpectedContext.of(context),
+                           keyring, guard, now=NOW)
+    assert opened.state == state
