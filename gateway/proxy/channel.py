@@ -26,6 +26,7 @@ from gateway.envelope import (
     ANY_MIGRATION,
     Context,
     ExpectedContext,
+    Opened,
     Policy,
     open_envelope,
     seal,
@@ -49,6 +50,7 @@ from gateway.spice.messages import (
     ClientMigrateData,
     MainInit,
     MigrateBeginSeamless,
+    MigrateCancel,
     MigrateData,
     MigrateSwitchHost,
 )
@@ -86,12 +88,19 @@ class ChannelHandler:
         self.channel_type = 0
         self.channel_id = 0
         self.session: Session | None = None
+        #: A refusal was audited and counted here (the caller need not count it again).
+        self.refused = False
 
     # --- what the caller uses -----------------------------------------------------------------
 
     @property
+    def channel_kind(self) -> str:
+        """The channel's name, or "unlinked" before the client's link message arrived."""
+        return _channel_name(self.channel_type) if self.channel_type else "unlinked"
+
+    @property
     def channel(self) -> str:
-        return f"{_channel_name(self.channel_type)}:{self.channel_id}"
+        return f"{self.channel_kind}:{self.channel_id}"
 
     def forward(self, event: Event) -> bytes:
         """The bytes to send on for ``event``; raises GatewayError when the channel must close."""
@@ -110,7 +119,7 @@ class ChannelHandler:
             if event.mess.connection_id:
                 self._attach(event.mess.connection_id)
             if self.session is not None and self.channel_type in DATA_CHANNELS:
-                self.session.linked.add((self.channel_type, self.channel_id))
+                self.session.link((self.channel_type, self.channel_id))
         elif isinstance(event, AuthMechanismReceived) and event.mechanism == AuthMechanism.SASL:
             # A SASL security layer would wrap the data stage in a framing the gateway cannot
             # read; refusing is the only safe answer.
@@ -123,9 +132,8 @@ class ChannelHandler:
         """Audit and count a refusal, then raise ``error`` so the caller closes the channel."""
         session = self.session
         migration = session.migration_id if session is not None else None
-        self.state.metrics.inc(
-            "smg_refused_total", reason=reason, channel=_channel_name(self.channel_type)
-        )
+        self.refused = True
+        self.state.metrics.inc("smg_refused_total", reason=reason, channel=self.channel_kind)
         audit(
             "channel_refused",
             f"refused {self.channel} of route {self.route.name}: {type(error).__name__}",
@@ -160,7 +168,7 @@ class ChannelHandler:
         if isinstance(message, MainInit):
             self._attach(message.session_id)
             if self.session is not None:
-                self.session.linked.add((self.channel_type, self.channel_id))
+                self.session.link((self.channel_type, self.channel_id))
         elif isinstance(message, MigrateBeginSeamless) and self.session is not None:
             info = message.dst_info
             target = self.state.config.peer_for_address(info.host, info.port)
@@ -189,6 +197,20 @@ class ChannelHandler:
                     route=self.route.name,
                     host=info.host,
                 )
+        elif isinstance(message, MigrateCancel) and self.session is not None:
+            # The source gave up; nothing more will be sealed for that attempt.
+            session = self.session
+            with session.lock:
+                cancelled, session.migration_id = session.migration_id, None
+                session.target_host = session.target_address = None
+            if cancelled is not None:
+                audit(
+                    "migration_cancelled",
+                    f"migration of route {self.route.name} cancelled by the source",
+                    route=self.route.name,
+                    vm=str(self.route.vm_id),
+                    migration=str(cancelled),
+                )
         elif isinstance(message, MigrateSwitchHost):
             audit(
                 "switch_host",
@@ -199,13 +221,19 @@ class ChannelHandler:
 
     # --- the two rewrites ------------------------------------------------------------------------
 
+    def _check_data_channel(self) -> None:
+        if self.channel_type not in DATA_CHANNELS:
+            raise ProtocolError(f"{self.channel}: MIGRATE_DATA on a channel without migration data")
+
     def _seal(self, payload: bytes) -> bytes:
         """Source host: native payload from spice-server -> sealed blob for the client."""
         session = self.session
         try:
+            self._check_data_channel()
             if session is None or session.migration_id is None:
                 raise ProtocolError(f"{self.channel}: MIGRATE_DATA outside a seamless migration")
-            if session.target_host is None:
+            migration_id, target_host = session.migration_id, session.target_host
+            if target_host is None:
                 raise ProtocolError(
                     f"{self.channel}: the migration's destination is not a trusted peer"
                 )
@@ -214,9 +242,9 @@ class ChannelHandler:
                 channel_type=ChannelType(self.channel_type),
                 channel_id=self.channel_id,
                 vm_id=self.route.vm_id,
-                migration_id=session.migration_id,
+                migration_id=migration_id,
                 source_host=self.state.config.host_id,
-                target_host=session.target_host,
+                target_host=target_host,
                 schema_version=type(state).schema_version,
             )
             blob = seal(
@@ -229,7 +257,12 @@ class ChannelHandler:
         except GatewayError as error:
             self.refuse("seal", error)
             raise  # pragma: no cover - refuse() raises
-        session.sealed.add((self.channel_type, self.channel_id))
+        with session.lock:
+            session.sealed.add((self.channel_type, self.channel_id))
+            # Every channel has handed its state over: the source's part is done.
+            done = not session.completed and session.sealed >= session.expected_channels
+            if done:
+                session.completed = True
         self.state.metrics.inc("smg_sealed_total", channel=_channel_name(self.channel_type))
         audit(
             "blob_sealed",
@@ -237,40 +270,63 @@ class ChannelHandler:
             route=self.route.name,
             vm=str(self.route.vm_id),
             channel=self.channel,
-            migration=str(session.migration_id),
-            target=session.target_host,
+            migration=str(migration_id),
+            target=target_host,
             native_bytes=len(payload),
             sealed_bytes=len(blob),
         )
+        if done:
+            audit(
+                "migration_sealed",
+                f"every channel of migration {migration_id} sealed on route {self.route.name}",
+                route=self.route.name,
+                vm=str(self.route.vm_id),
+                migration=str(migration_id),
+                target=target_host,
+                channels=len(session.sealed),
+            )
         return blob
+
+    def _open_envelope(self, blob: bytes, migration: uuid.UUID | None) -> Opened:
+        """Open ``blob`` for this channel; ``migration`` None accepts any migration id."""
+        expected = ExpectedContext(
+            channel_type=ChannelType(self.channel_type),
+            channel_id=self.channel_id,
+            vm_id=self.route.vm_id,
+            migration_id=ANY_MIGRATION if migration is None else migration,
+            sources=self.state.config.trusted_sources,
+            target_host=self.state.config.host_id,
+            schema_version=1,
+        )
+        return open_envelope(
+            blob,
+            expected,
+            self.state.keyring(),
+            self.state.replay_guard,
+            policy=self.state.policy,
+            now=self.state.clock(),
+        )
 
     def _open(self, blob: bytes) -> bytes:
         """Target host: sealed blob from the client -> native payload for spice-server."""
         session = self.session
         try:
+            self._check_data_channel()
             if session is None:
                 raise ProtocolError(f"{self.channel}: MIGRATE_DATA on a link without a session")
+            # The session's first blob pins its migration id, so first blobs open one at a
+            # time: two of them cannot pin two ids. Once pinned, the other channels' blobs
+            # open side by side (one's crypto need not wait for another's replay commit).
+            with session.pinning:
+                pinned = session.migration_id
+                if pinned is None:
+                    opened = self._open_envelope(blob, None)
+                    with session.lock:
+                        session.migration_id = opened.context.migration_id
+            if pinned is not None:
+                opened = self._open_envelope(blob, pinned)
+            native_payload = native.encode(opened.state, self.channel_type)
             with session.lock:
-                expected = ExpectedContext(
-                    channel_type=ChannelType(self.channel_type),
-                    channel_id=self.channel_id,
-                    vm_id=self.route.vm_id,
-                    migration_id=session.migration_id or ANY_MIGRATION,
-                    sources=self.state.config.trusted_sources,
-                    target_host=self.state.config.host_id,
-                    schema_version=1,
-                )
-                opened = open_envelope(
-                    blob,
-                    expected,
-                    self.state.keyring(),
-                    self.state.replay_guard,
-                    policy=self.state.policy,
-                    now=self.state.clock(),
-                )
-                if session.migration_id is None:
-                    session.migration_id = opened.context.migration_id
-                native_payload = native.encode(opened.state, self.channel_type)
                 session.accepted.add((self.channel_type, self.channel_id))
                 done = not session.completed and session.accepted >= session.expected_channels
                 if done:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.errors import ConfigError, TooLarge
+from gateway.errors import ConfigError
 
 __all__ = ["Limits", "Peer", "ProxyConfig", "Route", "load_config", "parse_address"]
 
@@ -134,10 +134,30 @@ def _frozen(node: Any) -> Any:
     return node
 
 
+def _problems(error: ValidationError) -> str:
+    """The first few problems, each as ``dotted.location: message``.
+
+    A sequence whose item failed also reports itself as too short (the failed item does not
+    count); that echo would send a reader looking for a missing table, so it is dropped.
+    """
+    items = error.errors(include_input=False, include_url=False)
+    locations = [item["loc"] for item in items]
+    problems = []
+    for item in items:
+        loc = item["loc"]
+        if item["type"] == "too_short" and any(
+            other[: len(loc)] == loc and len(other) > len(loc) for other in locations
+        ):
+            continue
+        where = ".".join(str(part) for part in loc) or "config"
+        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems[:5])
+
+
 def parse_config(text: bytes, origin: str = "config") -> ProxyConfig:
     """Parse TOML bytes into a validated config (ConfigError on any problem)."""
     if len(text) > MAX_CONFIG_BYTES:
-        raise TooLarge(f"{origin}: more than {MAX_CONFIG_BYTES} bytes")
+        raise ConfigError(f"{origin}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
         document = tomllib.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
@@ -147,11 +167,7 @@ def parse_config(text: bytes, origin: str = "config") -> ProxyConfig:
     try:
         return ProxyConfig.model_validate(document)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in item['loc']) or 'config'}: {item['msg']}"
-            for item in error.errors(include_input=False, include_url=False)[:5]
-        )
-        raise ConfigError(f"{origin}: {problems}") from None
+        raise ConfigError(f"{origin}: {_problems(error)}") from None
 
 
 def load_config(path: str | Path) -> ProxyConfig:

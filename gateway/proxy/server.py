@@ -19,21 +19,25 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.envelope import Policy
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
 from gateway.keys import Keyring, KeyringFile
 from gateway.proxy.channel import ChannelHandler, ProxyState
 from gateway.proxy.config import ProxyConfig, Route, parse_address
 from gateway.proxy.sessions import SessionTable
 from gateway.replay import ReplayGuard
 from gateway.service.control import ControlServer
-from gateway.service.logs import audit, log
+from gateway.service.logs import LOG, audit, log
 from gateway.service.metrics import Metrics
 from gateway.spice.connection import ConnectionState, SpiceConnection
 from gateway.spice.constants import Direction
+from gateway.spice.events import Message
+from gateway.spice.messages import ClientMigrateData, MigrateData
 
 __all__ = ["ProxyServer", "run_proxy"]
 
 READ_SIZE = 256 * 1024
+#: Native payloads up to this size are sealed on the event loop (see ``_slow``).
+INLINE_SEAL_LIMIT = 64 * 1024
 #: A sealed blob is larger than its native payload; allow for the envelope's framing.
 ENVELOPE_SLACK = 64 * 1024
 
@@ -43,16 +47,31 @@ def _client_tls(route: Route) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(route.tls_cert, route.tls_key)
+    try:
+        context.load_cert_chain(route.tls_cert, route.tls_key)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(
+            f"route {route.name}: cannot load tls_cert/tls_key: {_reason(error)}"
+        ) from None
     return context
 
 
 def _upstream_tls(route: Route) -> ssl.SSLContext | None:
     if not route.upstream_tls:
         return None
-    context = ssl.create_default_context(cafile=route.upstream_ca)
+    try:
+        context = ssl.create_default_context(cafile=route.upstream_ca)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(
+            f"route {route.name}: cannot load upstream_ca: {_reason(error)}"
+        ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+def _reason(error: OSError) -> str:
+    """``strerror`` for a missing file, OpenSSL's reason for a bad one (SSLError is an OSError)."""
+    return str(error.strerror or getattr(error, "reason", None) or type(error).__name__)
 
 
 class _Connection:
@@ -123,6 +142,7 @@ class _Connection:
             if direction is Direction.CLIENT_TO_SERVER
             else self.spice.receive_from_server
         )
+        forward = self.handler.forward
         metrics = self.proxy.state.metrics
         label = direction.sender
         try:
@@ -130,18 +150,36 @@ class _Connection:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     return
+                out = _Output(writer)
                 for event in receive(data):
-                    if _is_migration_data(event):
-                        # Sealing and opening can take milliseconds (crypto, the replay
-                        # database's durable commit): keep the loop free for other channels.
-                        out = await asyncio.to_thread(self.handler.forward, event)
-                    else:
-                        out = self.handler.forward(event)
-                    writer.write(out)
-                    metrics.inc("smg_bytes_total", len(out), sender=label)
+                    if type(event) is Message:
+                        migration = event.migration
+                        if migration is None:
+                            # The bulk of the traffic: an ordinary message, relayed as is.
+                            out.add(event.raw)
+                            continue
+                        if _slow(migration):
+                            # What came before is already decided; send it first.
+                            out.flush()
+                            # Counted until its result is written: stop() must not cut a
+                            # migration whose last blob was opened but not yet passed on.
+                            self.proxy.rewriting += 1
+                            try:
+                                out.add(await asyncio.to_thread(forward, event))
+                            finally:
+                                self.proxy.rewriting -= 1
+                            continue
+                    out.add(forward(event))
+                out.flush()
+                metrics.inc("smg_bytes_total", out.total, sender=label)
                 await writer.drain()
         except GatewayError as error:
-            # The handler already audited migration refusals; framing errors are logged here.
+            # The handler already audited and counted migration refusals; framing errors
+            # (malformed units, SASL, oversized messages) are counted and logged here.
+            if not self.handler.refused:
+                metrics.inc(
+                    "smg_refused_total", reason="protocol", channel=self.handler.channel_kind
+                )
             log(
                 logging.WARNING,
                 "closing channel",
@@ -153,15 +191,63 @@ class _Connection:
             )
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
             return
+        except Exception as error:
+            # A bug of ours: close this channel (the caller closes both sides), keep serving.
+            LOG.exception(
+                "internal error; closing channel",
+                extra={
+                    "fields": {
+                        "route": self.route.name,
+                        "channel": self.handler.channel,
+                        "error": type(error).__name__,
+                    }
+                },
+            )
 
 
-def _is_migration_data(event: object) -> bool:
-    from gateway.spice.events import Message
-    from gateway.spice.messages import ClientMigrateData, MigrateData
+def _slow(migration: object) -> bool:
+    """Whether rewriting this message may take long enough to hold up other channels.
 
-    return isinstance(event, Message) and isinstance(
-        event.migration, MigrateData | ClientMigrateData
-    )
+    Opening always may: the replay guard's durable commit waits for the disk (milliseconds).
+    Sealing a real payload (tens of bytes to a few KiB) takes about 0.1 ms, less than the two
+    thread hand-offs it would cost; only a large one (pending device data) goes to a thread.
+    """
+    if isinstance(migration, ClientMigrateData):
+        return True
+    return isinstance(migration, MigrateData) and len(migration.payload) >= INLINE_SEAL_LIMIT
+
+
+class _Output:
+    """What one read produced, written with as few sends and copies as possible: small messages
+    are joined into one write, large ones are written on their own (joining would copy them)."""
+
+    __slots__ = ("pending", "pending_size", "total", "writer")
+
+    #: Messages at least this large are not worth joining with their neighbours.
+    LARGE = 64 * 1024
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.total = 0
+
+    def add(self, unit: bytes) -> None:
+        if len(unit) >= self.LARGE:
+            self.flush()
+            self.writer.write(unit)
+            self.total += len(unit)
+        else:
+            self.pending.append(unit)
+            self.pending_size += len(unit)
+
+    def flush(self) -> None:
+        if self.pending:
+            pending = self.pending
+            self.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            self.total += self.pending_size
+            self.pending = []
+            self.pending_size = 0
 
 
 class ProxyServer:
@@ -193,6 +279,9 @@ class ProxyServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._control: ControlServer | None = None
+        self._upstream_tls: dict[str, ssl.SSLContext | None] = {}
+        #: Migration messages being sealed or opened in a worker thread right now.
+        self.rewriting = 0
         self._stopping = asyncio.Event()
         self.addresses: dict[str, tuple[str, int]] = {}
         self.started = time.time()
@@ -203,13 +292,19 @@ class ProxyServer:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Every route's TLS settings are checked before any port opens.
+        client_tls = {route.name: _client_tls(route) for route in self.config.routes}
+        self._upstream_tls = {route.name: _upstream_tls(route) for route in self.config.routes}
         for route in self.config.routes:
             host, port = parse_address(route.listen)
+            tls = client_tls[route.name]
             server = await asyncio.start_server(
                 functools.partial(self._accept, route),
                 host,
                 port,
-                ssl=_client_tls(route),
+                ssl=tls,
+                # A TLS handshake is part of linking: bound it the same way.
+                ssl_handshake_timeout=self.config.limits.link_timeout if tls else None,
                 limit=READ_SIZE,
                 reuse_address=True,
             )
@@ -285,7 +380,7 @@ class ProxyServer:
         for server in self._servers:
             server.close()
         deadline = time.monotonic() + self.config.limits.shutdown_grace
-        while self.state.sessions.in_flight() and time.monotonic() < deadline:
+        while (self.state.sessions.in_flight() or self.rewriting) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in list(self._connections):
             task.cancel()
@@ -328,7 +423,7 @@ class ProxyServer:
                     asyncio.open_connection(
                         host,
                         port,
-                        ssl=_upstream_tls(route),
+                        ssl=self._upstream_tls[route.name],
                         server_hostname=route.upstream_server_name or host
                         if route.upstream_tls
                         else None,
@@ -347,6 +442,10 @@ class ProxyServer:
                 writer.close()
                 return
             await _Connection(self, route, (reader, writer), upstream, peer).run()
+        except asyncio.CancelledError:
+            # stop() cancels what is left after the grace period. This task is the end of the
+            # line (asyncio's stream callback would report a cancelled handler as an error).
+            writer.close()
         finally:
             self._connections.discard(task)
             self.metrics.set("smg_connections_active", len(self._connections))
@@ -358,14 +457,15 @@ async def run_proxy(
     """Run until SIGTERM or SIGINT; SIGHUP reloads the keyring."""
     proxy = ProxyServer(config)
     loop = asyncio.get_running_loop()
-    await proxy.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.request_stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: _safe_reload(proxy))
-    audit("proxy_started", "proxy started", host_id=config.host_id, routes=len(config.routes))
-    if ready is not None:
-        ready(proxy)
     try:
+        # Inside the try: a route that cannot listen still closes the ones already open.
+        await proxy.start()
+        audit("proxy_started", "proxy started", host_id=config.host_id, routes=len(config.routes))
+        if ready is not None:
+            ready(proxy)
         await proxy.serve_forever()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -50,17 +50,31 @@ class Session:
     linked: set[ChannelKey] = field(default_factory=set)
     accepted: set[ChannelKey] = field(default_factory=set)
     sealed: set[ChannelKey] = field(default_factory=set)
+    #: This host's part of the current migration is done (see ``in_flight``).
     completed: bool = False
     connections: int = 0
+    #: Guards the sets and flags above; held only briefly, also on the event loop.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Held by the thread opening the session's first blob, which pins ``migration_id``.
+    pinning: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def link(self, channel: ChannelKey) -> None:
+        """Count ``channel`` in; under the lock, as the sealing and opening threads read it."""
+        with self.lock:
+            self.linked.add(channel)
 
     @property
     def expected_channels(self) -> set[ChannelKey]:
+        """Linked channels that carry migration data (read it with ``lock`` held)."""
         return {key for key in self.linked if key[0] in DATA_CHANNELS}
 
     @property
     def in_flight(self) -> bool:
-        """A migration started here (as source or target) and not yet finished."""
+        """A migration started here (as source or target) and not yet finished.
+
+        ``completed`` is set on the source once every linked data channel was sealed, on the
+        target once every one was accepted.
+        """
         if self.completed:
             return False
         return self.migration_id is not None or bool(self.accepted)
