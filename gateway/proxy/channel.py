@@ -15,6 +15,7 @@ returned bytes out.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -55,7 +56,10 @@ from gateway.spice.messages import (
     MigrateSwitchHost,
 )
 
-__all__ = ["ChannelHandler", "ProxyState"]
+__all__ = ["INLINE_SEAL_LIMIT", "ChannelHandler", "ProxyState"]
+
+#: Payloads below this size are sealed on the event loop (see :meth:`ChannelHandler.rewrite`).
+INLINE_SEAL_LIMIT = 64 * 1024
 
 
 @dataclass
@@ -127,6 +131,18 @@ class ChannelHandler:
                 "sasl", ProtocolError("SASL authentication is not supported by the gateway")
             )
         return event.raw
+
+    async def rewrite(self, event: Message) -> bytes:
+        """:meth:`forward` for a MIGRATE_DATA message, without holding up the event loop.
+
+        Opening always leaves the loop: the replay guard's durable commit waits for the disk.
+        Sealing a real payload (tens of bytes to a few KiB) costs less than two thread
+        hand-offs; only a large one (pending device data) goes to a thread.
+        """
+        migration = event.migration
+        if isinstance(migration, MigrateData) and len(migration.payload) < INLINE_SEAL_LIMIT:
+            return self.forward(event)
+        return await asyncio.to_thread(self.forward, event)
 
     def refuse(self, reason: str, error: GatewayError) -> None:
         """Audit and count a refusal, then raise ``error`` so the caller closes the channel."""

@@ -36,8 +36,6 @@ from gateway.spice.messages import ClientMigrateData, MigrateData
 __all__ = ["ProxyServer", "run_proxy"]
 
 READ_SIZE = 256 * 1024
-#: Native payloads up to this size are sealed on the event loop (see ``_slow``).
-INLINE_SEAL_LIMIT = 64 * 1024
 #: A sealed blob is larger than its native payload; allow for the envelope's framing.
 ENVELOPE_SLACK = 64 * 1024
 
@@ -158,14 +156,14 @@ class _Connection:
                             # The bulk of the traffic: an ordinary message, relayed as is.
                             out.add(event.raw)
                             continue
-                        if _slow(migration):
+                        if isinstance(migration, MigrateData | ClientMigrateData):
                             # What came before is already decided; send it first.
                             out.flush()
                             # Counted until its result is written: stop() must not cut a
                             # migration whose last blob was opened but not yet passed on.
                             self.proxy.rewriting += 1
                             try:
-                                out.add(await asyncio.to_thread(forward, event))
+                                out.add(await self.handler.rewrite(event))
                             finally:
                                 self.proxy.rewriting -= 1
                             continue
@@ -203,18 +201,6 @@ class _Connection:
                     }
                 },
             )
-
-
-def _slow(migration: object) -> bool:
-    """Whether rewriting this message may take long enough to hold up other channels.
-
-    Opening always may: the replay guard's durable commit waits for the disk (milliseconds).
-    Sealing a real payload (tens of bytes to a few KiB) takes about 0.1 ms, less than the two
-    thread hand-offs it would cost; only a large one (pending device data) goes to a thread.
-    """
-    if isinstance(migration, ClientMigrateData):
-        return True
-    return isinstance(migration, MigrateData) and len(migration.payload) >= INLINE_SEAL_LIMIT
 
 
 class _Output:

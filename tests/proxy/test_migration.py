@@ -12,7 +12,7 @@ import pytest
 
 from gateway import native
 from gateway.envelope import MAGIC, read_header
-from gateway.proxy import server as server_module
+from gateway.proxy import channel as channel_module
 from gateway.spice.constants import ChannelType, HeaderKind, Msgc
 from schemas import CharDeviceState, SpicevmcState
 
@@ -172,7 +172,7 @@ async def test_large_pending_device_data_migrates(proxies: Proxies, logs: LogRec
     )
     async with proxies.pair() as rig:
         rig.payloads[ChannelType.USBREDIR] = native.encode(state, ChannelType.USBREDIR)
-        assert len(rig.payloads[ChannelType.USBREDIR]) > server_module.INLINE_SEAL_LIMIT
+        assert len(rig.payloads[ChannelType.USBREDIR]) > channel_module.INLINE_SEAL_LIMIT
         session = rig.session(0x5E55_3001)
         blobs = await migrate_session(rig, session)
         assert_only_sealed(blobs, rig)
