@@ -672,6 +672,12 @@ class Rig:
         self.processes.append(process)
         return process, popen.stdout
 
+    def start_process(self, name: str, argv: Sequence[str]) -> ManagedProcess:
+        """Start any other process the test needs (a proxy, say); its stdout and stderr go to
+        ``<workdir>/<name>.log`` and it is stopped, by pid, when the rig closes."""
+        process, _ = self._spawn(name, argv)
+        return process
+
     def start_qemu(
         self,
         name: str,

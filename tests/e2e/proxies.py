@@ -1,0 +1,187 @@
+"""The gateway's two proxies as an operator runs them: ``spice-migration-gateway proxy --config``.
+
+Each host (source, target) has its own TOML config, its own replay database and the keyring
+both hosts share (made with ``keys generate``, owner-only). The proxy processes are started
+through the :class:`~tests.e2e.rig.Rig`, so they are stopped by pid with everything else; their
+JSON log lines (audit events included) land in the rig's log file for the proxy, which
+:class:`GatewayProxy` reads back.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .rig import DEFAULT_TIMEOUT, LOCALHOST, ManagedProcess, Rig, RigError, wait_until
+
+__all__ = [
+    "SOURCE_HOST",
+    "TARGET_HOST",
+    "GatewayHost",
+    "GatewayProxy",
+    "gateway_command",
+    "generate_keyring",
+    "start_proxy",
+]
+
+SOURCE_HOST = "source-host"
+TARGET_HOST = "target-host"
+
+#: Tests leave migrations unfinished on purpose; a stopping proxy must not wait long for them.
+TEST_LIMITS: dict[str, float] = {"shutdown_grace": 0.5}
+
+
+def gateway_command() -> list[str]:
+    """The installed ``spice-migration-gateway`` beside this interpreter, else the module."""
+    script = Path(sys.executable).with_name("spice-migration-gateway")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "gateway.cli"]
+
+
+def generate_keyring(path: Path, timeout: float = 60.0) -> Path:
+    """Create a keyring with one active key through the CLI, as an operator would."""
+    result = subprocess.run(
+        [*gateway_command(), "keys", "generate", "--keyring", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RigError(f"keys generate failed ({result.returncode}): {result.stderr.strip()}")
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode != 0o600:
+        raise RigError(f"keys generate left {path.name} with mode {mode:o}, not 600")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string for everything written here
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _table(header: str, values: Mapping[str, Any]) -> list[str]:
+    return ["", header, *(f"{key} = {_toml(value)}" for key, value in values.items())]
+
+
+@dataclass(frozen=True)
+class GatewayHost:
+    """One host's gateway: its id, and where its keyring, replay database and configs live.
+
+    The replay database outlives the proxy processes, as on a real host: a blob accepted by
+    one run of the target proxy is still refused as replayed by the next.
+    """
+
+    host_id: str
+    keyring: Path
+    replay_db: Path
+    workdir: Path
+
+    def write_config(
+        self,
+        name: str,
+        *,
+        listen_port: int,
+        upstream_port: int,
+        vm_id: uuid.UUID,
+        peers: Mapping[str, Sequence[int]],
+    ) -> Path:
+        """A config with one route (``listen_port`` -> ``upstream_port``) and ``peers``
+        (host id -> the ports where clients reach that host's proxy)."""
+        lines = [
+            f"host_id = {_toml(self.host_id)}",
+            f"keyring = {_toml(str(self.keyring))}",
+            f"replay_db = {_toml(str(self.replay_db))}",
+            *_table("[limits]", TEST_LIMITS),
+        ]
+        for host_id, ports in peers.items():
+            addresses = [f"{LOCALHOST}:{port}" for port in ports]
+            lines += _table("[[peers]]", {"host_id": host_id, "addresses": addresses})
+        lines += _table(
+            "[[routes]]",
+            {
+                "name": "vm",
+                "listen": f"{LOCALHOST}:{listen_port}",
+                "upstream": f"{LOCALHOST}:{upstream_port}",
+                "vm_id": str(vm_id),
+            },
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / f"{name}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+
+class GatewayProxy:
+    """A running proxy process and the JSON lines it logged so far."""
+
+    def __init__(self, process: ManagedProcess, listen_port: int) -> None:
+        self.process = process
+        self.listen_port = listen_port
+        self.log_path = process.log_paths[0]
+
+    @property
+    def name(self) -> str:
+        return self.process.name
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every JSON object line of the log (the rig's command line and any stray text are
+        not JSON objects and are skipped)."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                found.append(record)
+        return found
+
+    def audit(self, event: str, **match: Any) -> list[dict[str, Any]]:
+        """The audit records called ``event`` whose fields equal ``match``, in order."""
+        return [
+            r
+            for r in self.records()
+            if r.get("event") == event and all(r.get(k) == v for k, v in match.items())
+        ]
+
+    def wait_audit(
+        self, event: str, timeout: float = DEFAULT_TIMEOUT, **match: Any
+    ) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            found = self.audit(event, **match)
+            if found:
+                return found[0]
+            self.process.check_alive(f"waiting for audit event {event}")
+            return None
+
+        shown = " ".join(f"{k}={v}" for k, v in match.items())
+        return wait_until(check, timeout, f"{self.name}: audit {event} {shown}".rstrip())
+
+    def wait_ready(self, timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Return once the proxy listens on every route (it audits proxy_started then)."""
+        self.wait_audit("proxy_started", timeout)
+
+    def problems(self) -> list[dict[str, Any]]:
+        """Records at warning level or above (refusals are audited at warning)."""
+        return [r for r in self.records() if r.get("level") in ("warning", "error", "critical")]
+
+
+def start_proxy(rig: Rig, name: str, config: Path, listen_port: int) -> GatewayProxy:
+    """Start ``spice-migration-gateway proxy --config``; :meth:`GatewayProxy.wait_ready`
+    waits until it listens (start several, then wait: each takes a second to import)."""
+    process = rig.start_process(name, [*gateway_command(), "proxy", "--config", str(config)])
+    return GatewayProxy(process, listen_port)
