@@ -7,7 +7,8 @@ points, then the bytes the client sends after a scripted, valid link stage.
 
 Oracle: only ``GatewayError`` escapes, with a short message; the ``raw`` bytes of the events
 are always an exact prefix of the input, and all of it but a buffered partial message when
-nothing was refused.
+nothing was refused; each pass-through run is exactly ``count`` whole messages, none of them a
+migration message of the channel and direction, each within the maximum message size.
 """
 
 import struct
@@ -16,9 +17,14 @@ import _harness
 
 with _harness.instrumented():
     from gateway.errors import GatewayError
-    from gateway.spice import ChannelType, Direction, SpiceConnection
+    from gateway.spice import ChannelType, Direction, HeaderKind, SpiceConnection
+    from gateway.spice.events import Event, Passthrough
+    from gateway.spice.messages import migration_class
     from gateway.spice.scripted import link_exchange
 
+#: Type and size of each data header.
+HEADERS = {HeaderKind.MINI: struct.Struct("<HI"), HeaderKind.FULL: struct.Struct("<8xHI4x")}
+MAX_MESSAGE_SIZE = 1 << 16
 DIRECTION = Direction.CLIENT_TO_SERVER
 
 
@@ -29,7 +35,7 @@ def TestOneInput(data: bytes) -> None:
     cuts = struct.unpack_from(f"<{count}H", data, 2)
     payload = data[2 + 2 * count :]
     channel = ChannelType.MAIN if flags & 4 else ChannelType.DISPLAY
-    conn = SpiceConnection(max_message_size=1 << 16)
+    conn = SpiceConnection(max_message_size=MAX_MESSAGE_SIZE)
     for side, unit in link_exchange(
         channel, mini_header=bool(flags & 1), auth_selection=bool(flags & 2)
     ):
@@ -47,7 +53,10 @@ def TestOneInput(data: bytes) -> None:
     start = 0
     try:
         for point in [*points, len(payload)]:
-            accepted += b"".join(event.raw for event in receive(payload[start:point]))
+            events = receive(payload[start:point])
+            for event in events:
+                check_run(event, conn.header_kind or HeaderKind.MINI, channel)
+            accepted += b"".join(event.raw for event in events)
             start = point
     except GatewayError as error:
         _harness.check_refusal(error, len(payload))
@@ -56,6 +65,28 @@ def TestOneInput(data: bytes) -> None:
         return
     if bytes(accepted) + payload[len(payload) - conn.buffered(DIRECTION) :] != payload:
         raise _harness.OracleFailure("raw slices do not add up to the consumed input")
+
+
+def check_run(event: Event, kind: HeaderKind, channel: int) -> None:
+    """A pass-through run holds what it promises (read with a header walk of its own)."""
+    if not isinstance(event, Passthrough):
+        return
+    header, raw = HEADERS[kind], event.raw
+    pos = count = 0
+    while pos < len(raw):
+        if pos + header.size > len(raw):
+            raise _harness.OracleFailure("a pass-through run ends inside a header")
+        msg_type, size = header.unpack_from(raw, pos)
+        if size > MAX_MESSAGE_SIZE:
+            raise _harness.OracleFailure(f"an oversized message (type {msg_type}) passed through")
+        if migration_class(channel, event.direction, msg_type) is not None:
+            raise _harness.OracleFailure(f"migration message type {msg_type} passed through")
+        pos += header.size + size
+        count += 1
+    if pos != len(raw) or count != event.count or count == 0:
+        raise _harness.OracleFailure(
+            f"a run of {event.count} holds {count} messages, {pos - len(raw)} bytes off"
+        )
 
 
 if __name__ == "__main__":

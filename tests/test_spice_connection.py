@@ -1,9 +1,11 @@
-"""The connection state machine: scripted exchanges, split feeding, raw slices, refusals."""
+"""The connection state machine: scripted exchanges, split feeding, raw slices, pass-through runs,
+refusals."""
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -38,7 +40,9 @@ from gateway.spice import (
     encode_link_result,
     reframe,
 )
-from gateway.spice.connection import _Buffer
+from gateway.spice.connection import _Buffer, _migration_types
+from gateway.spice.events import Passthrough
+from gateway.spice.messages import ClientMigrateData, migration_class
 from gateway.spice.scripted import (
     PLACEHOLDER_TICKET,
     client_auth,
@@ -128,7 +132,8 @@ def test_scripted_main_session(mini: bool, selection: bool) -> None:
         TicketReceived,
         LinkResultReceived,
     ]
-    assert [type(e) for e in events] == [*link_types, *[Message] * 8]
+    data_types = [Passthrough, Message, Passthrough, *[Message] * 5]
+    assert [type(e) for e in events] == [*link_types, *data_types]
     assert conn.state is ConnectionState.ESTABLISHED
     assert conn.header_kind is (HeaderKind.MINI if mini else HeaderKind.FULL)
     assert (conn.channel_type, conn.channel_id) == (ChannelType.MAIN, 0)
@@ -137,20 +142,24 @@ def test_scripted_main_session(mini: bool, selection: bool) -> None:
     assert ticket.raw == PLACEHOLDER_TICKET
     assert "raw" not in repr(ticket)
 
+    # SET_ACK and ACK_SYNC are ordinary: relayed as runs of one, not decoded.
+    runs = [e for e in events if isinstance(e, Passthrough)]
+    assert [(r.direction, r.count, r.raw) for r in runs] == [
+        (S2C, 1, steps[-8][1]),
+        (C2S, 1, steps[-6][1]),
+    ]
     messages = [e for e in events if isinstance(e, Message)]
     assert [(m.direction, m.msg_type) for m in messages] == [
-        (S2C, 3), (S2C, 103), (C2S, 1), (S2C, 116), (C2S, 111), (S2C, 1), (C2S, 4), (S2C, 2)
+        (S2C, 103), (S2C, 116), (C2S, 111), (S2C, 1), (C2S, 4), (S2C, 2)
     ]  # fmt: skip
-    assert [m.kind for m in messages] == [conn.header_kind] * 8
+    assert [m.kind for m in messages] == [conn.header_kind] * 6
     if mini:
         assert all(m.serial is None and m.sub_list is None for m in messages)
     else:
-        assert [m.serial for m in messages] == list(range(1, 9))
+        assert [m.serial for m in messages] == [2, 4, 5, 6, 7, 8]
         assert all(m.sub_list == 0 for m in messages)
 
-    set_ack, init, ack_sync, begin, connected, migrate, flush, data = messages
-    assert set_ack.migration is None
-    assert ack_sync.migration is None
+    init, begin, connected, migrate, flush, data = messages
     assert init.migration == MainInit(session_id=0x5E55, agent_tokens=10)
     assert isinstance(begin.migration, MigrateBeginSeamless)
     assert begin.migration.dst_info.host == "127.0.0.1"
@@ -213,14 +222,29 @@ def test_large_message_in_small_reads() -> None:
 
 def test_buffer_compacts_consumed_bytes() -> None:
     buf = _Buffer()
+    buf.feed(b"\xff" * 5)  # always 5 bytes pending, so the buffer never empties
+    expected = b"\xff" * 5
     for i in range(1000):
-        buf.feed(bytes([i % 256]) * 10)
-        assert buf.take(7) == bytes([i % 256]) * 7
-        buf.take(3)
+        chunk = bytes([i % 256]) * 10
+        buf.feed(chunk)
+        expected += chunk
+        assert buf.take(10) == expected[:10]
+        expected = expected[10:]
         # What was consumed is dropped before it outgrows what is live.
-        assert len(buf.data) <= 20
+        assert len(buf.data) <= 30
     assert buf.consumed == 10_000
-    assert len(buf) == 0
+    assert len(buf) == 5
+
+
+def test_buffer_copies_what_the_caller_may_change() -> None:
+    buf = _Buffer()
+    chunk = bytearray(b"abcdef")
+    buf.feed(chunk)
+    chunk[:] = b"XXXXXX"
+    view = memoryview(bytearray(b"ghij"))
+    buf.feed(view)
+    view[:] = b"YYYY"
+    assert buf.take(10) == b"abcdefghij"
 
 
 def test_message_events_only_when_complete() -> None:
@@ -230,17 +254,20 @@ def test_message_events_only_when_complete() -> None:
     assert conn.receive_from_client(raw[5:-1]) == []
     assert conn.buffered(C2S) == len(raw) - 1
     (event,) = conn.receive_from_client(raw[-1:] + raw[:3])
-    assert isinstance(event, Message)
-    assert (event.msg_type, event.body) == (101, b"key-down")
+    assert event == Passthrough(C2S, raw, 1)
     assert conn.buffered(C2S) == 3
+    flush = MigrateFlushMark().encode(HeaderKind.MINI)
+    assert conn.receive_from_client(raw[3:] + flush[:-1]) == [Passthrough(C2S, raw, 1)]
+    (event,) = conn.receive_from_client(flush[-1:])
+    assert isinstance(event, Message)
+    assert (event.raw, event.migration) == (flush, MigrateFlushMark())
 
 
 def test_main_only_types_are_generic_on_other_channels() -> None:
     conn = linked(ChannelType.DISPLAY)
     # 116 on display is a display message, not BEGIN_SEAMLESS: no DstInfo checks apply.
     (event,) = conn.receive_from_server(encode_data_message(HeaderKind.MINI, 116, b"\xff"))
-    assert isinstance(event, Message)
-    assert event.migration is None
+    assert isinstance(event, Passthrough)
     (event,) = conn.receive_from_server(Migrate(MigrateFlags(3)).encode(HeaderKind.MINI))
     assert isinstance(event, Message)
     assert event.migration == Migrate(MigrateFlags(3))
@@ -256,6 +283,149 @@ def test_reframed_message_parses_as_one_message() -> None:
     (replaced,) = receiver.receive_from_server(reframe(original, b"sealed"))
     assert isinstance(replaced, Message)
     assert (replaced.serial, replaced.msg_type, replaced.body) == (77, 2, b"sealed")
+
+
+# --- pass-through runs ----------------------------------------------------------------------
+
+
+def split_messages(raw: bytes, kind: HeaderKind) -> list[tuple[int, bytes]]:
+    """(type, whole message) of each data message in ``raw``, which must hold whole ones only."""
+    header = struct.Struct("<HI" if kind is HeaderKind.MINI else "<8xHI4x")
+    out, pos = [], 0
+    while pos < len(raw):
+        msg_type, size = header.unpack_from(raw, pos)
+        end = pos + header.size + size
+        assert end <= len(raw), "a run ends inside a message"
+        out.append((msg_type, raw[pos:end]))
+        pos = end
+    return out
+
+
+def data_units(
+    events: list[Event], channel: int, kind: HeaderKind
+) -> list[tuple[Direction, int, bytes, object]]:
+    """Every data message of ``events`` on its own: (direction, type, raw, decoded migration).
+
+    Checks on the way what a run promises: ``count`` whole messages, none a migration message.
+    """
+    units: list[tuple[Direction, int, bytes, object]] = []
+    for event in events:
+        if isinstance(event, Passthrough):
+            inside = split_messages(event.raw, kind)
+            assert len(inside) == event.count >= 1
+            for msg_type, raw in inside:
+                assert migration_class(channel, event.direction, msg_type) is None
+                units.append((event.direction, msg_type, raw, None))
+        elif isinstance(event, Message):
+            assert event.migration is not None
+            units.append((event.direction, event.msg_type, event.raw, event.migration))
+    return units
+
+
+def test_ordinary_messages_coalesce_into_one_run() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    parts = [encode_data_message(HeaderKind.MINI, 100 + n, bytes(n)) for n in range(50)]
+    stream = b"".join(parts)
+    assert conn.receive_from_server(stream) == [Passthrough(S2C, stream, 50)]
+    # A read that ends inside a message: the whole ones go now, the rest when it completes.
+    cut = len(stream) - 10
+    assert conn.receive_from_server(stream[:cut]) == [
+        Passthrough(S2C, stream[: -len(parts[-1])], 49)
+    ]
+    assert conn.buffered(S2C) == len(parts[-1]) - 10
+    assert conn.receive_from_server(stream[cut:]) == [Passthrough(S2C, parts[-1], 1)]
+
+
+def test_runs_stop_at_migration_messages() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    ordinary = [encode_data_message(HeaderKind.MINI, 102, bytes([n])) for n in range(4)]
+    migrate = Migrate(MigrateFlags.NEED_FLUSH).encode(HeaderKind.MINI)
+    data = MigrateData(b"DCMD").encode(HeaderKind.MINI)
+    stream = ordinary[0] + ordinary[1] + migrate + data + ordinary[2] + ordinary[3]
+    events = conn.receive_from_server(stream)
+    assert [type(e) for e in events] == [Passthrough, Message, Message, Passthrough]
+    assert events[0] == Passthrough(S2C, ordinary[0] + ordinary[1], 2)
+    assert events[3] == Passthrough(S2C, ordinary[2] + ordinary[3], 2)
+    assert isinstance(events[1], Message)
+    assert events[1].migration == Migrate(MigrateFlags.NEED_FLUSH)
+    assert isinstance(events[2], Message)
+    assert events[2].migration == MigrateData(b"DCMD")
+
+
+def test_whole_read_is_relayed_without_a_copy() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    stream = encode_data_message(HeaderKind.MINI, 102, bytes(5000)) * 3
+    (event,) = conn.receive_from_server(stream)
+    assert event.raw is stream
+
+
+def test_large_ordinary_message_in_small_reads() -> None:
+    conn = linked(ChannelType.DISPLAY, mini=False)
+    raw = encode_data_message(HeaderKind.FULL, 102, bytes(range(256)) * 4096, serial=1)
+    events: list[Event] = []
+    for i in range(0, len(raw), 4096):
+        events.extend(conn.receive_from_server(raw[i : i + 4096]))
+    assert events == [Passthrough(S2C, raw, 1)]
+    assert conn.buffered(S2C) == 0
+
+
+#: Valid migration messages of each direction on a display channel (the common types).
+MIGRATION_UNITS = {
+    S2C: [Migrate(MigrateFlags(3)), MigrateData(b"DCMD" * 3)],
+    C2S: [MigrateFlushMark(), ClientMigrateData(b"sealed")],
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    direction=st.sampled_from(Direction),
+    mini=st.booleans(),
+    plan=st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=40)),
+            st.integers(0, 1),  # index into MIGRATION_UNITS
+        ),
+        max_size=30,
+    ),
+    data=st.data(),
+)
+def test_runs_and_messages_for_any_split(
+    direction: Direction,
+    mini: bool,
+    plan: list[tuple[int, bytes] | int],
+    data: st.DataObject,
+) -> None:
+    kind = HeaderKind.MINI if mini else HeaderKind.FULL
+    expected: list[tuple[Direction, int, bytes, object]] = []
+    for item in plan:
+        if isinstance(item, int):
+            migration = MIGRATION_UNITS[direction][item]
+            unit = migration.encode(kind)
+            expected.append((direction, migration.MSG_TYPE, unit, migration))
+        elif migration_class(ChannelType.DISPLAY, direction, item[0]) is None:
+            unit = encode_data_message(kind, item[0], item[1])
+            expected.append((direction, item[0], unit, None))
+    stream = b"".join(unit for _, _, unit, _ in expected)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+
+    conn = linked(ChannelType.DISPLAY, mini=mini)
+    receive = conn.receive_from_client if direction is C2S else conn.receive_from_server
+    events: list[Event] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        batch = receive(stream[start:end])
+        # Within one read, ordinary messages in a row are one run.
+        assert (Passthrough, Passthrough) not in pairwise(type(e) for e in batch)
+        events.extend(batch)
+    assert data_units(events, ChannelType.DISPLAY, kind) == expected
+    assert raw_of(events, direction) == stream
+    assert conn.buffered(direction) == 0
+
+
+@pytest.mark.parametrize("channel", [ChannelType.MAIN, ChannelType.DISPLAY, 200])
+@pytest.mark.parametrize("direction", list(Direction))
+def test_migration_types_match_the_registry(channel: int, direction: Direction) -> None:
+    every = {t for t in range(0x10000) if migration_class(channel, direction, t) is not None}
+    assert _migration_types(channel, direction) == every
 
 
 # --- capabilities --------------------------------------------------------------------------
@@ -436,6 +606,22 @@ def test_oversized_message_refused_at_its_header(mini: bool) -> None:
         conn.receive_from_server(too_big[: kind.size])  # the body never needs to arrive
 
 
+@pytest.mark.parametrize("whole", [True, False], ids=["whole", "header-only"])
+@pytest.mark.parametrize("mini", [True, False])
+def test_oversized_message_after_a_run_names_its_own_offset(mini: bool, whole: bool) -> None:
+    conn = SpiceConnection(max_message_size=1000)
+    link = link_exchange(ChannelType.DISPLAY, mini_header=mini)
+    feed(conn, link)
+    kind = HeaderKind.MINI if mini else HeaderKind.FULL
+    run = b"".join(encode_data_message(kind, 102, bytes(n)) for n in (0, 1000, 7))
+    too_big = encode_data_message(kind, 103, bytes(1001))
+    start = len(by_direction(link, S2C))  # where the server's data stage begins
+    with pytest.raises(ProtocolError) as info:
+        conn.receive_from_server(run + (too_big if whole else too_big[: kind.size + 1]))
+    assert f"data message at stream offset {start + len(run)}: " in str(info.value)
+    assert "is 1001, more than the maximum message size 1000 (type 103)" in str(info.value)
+
+
 def test_malformed_migration_message_names_where() -> None:
     conn = linked(ChannelType.MAIN)
     bad = encode_data_message(HeaderKind.MINI, 116, struct.pack("<HHIIIII", 1, 2, 5, 24, 0, 0, 1))
@@ -444,6 +630,11 @@ def test_malformed_migration_message_names_where() -> None:
     message = str(info.value)
     assert "main:0 channel, server->client data message at stream offset 202" in message
     assert "message type 116: MigrateBeginSeamless: host at body offset 24 with 5 bytes" in message
+    # After a run of ordinary messages in the same read, the offset is still the message's own.
+    conn = linked(ChannelType.MAIN)
+    run = encode_data_message(HeaderKind.MINI, 3, struct.pack("<II", 1, 20)) * 3
+    with pytest.raises(ProtocolError, match=f"data message at stream offset {202 + len(run)}: "):
+        conn.receive_from_server(run + bad)
 
 
 def test_refuses_everything_after_an_error() -> None:

@@ -30,7 +30,7 @@ from gateway.service.logs import LOG, audit, log
 from gateway.service.metrics import Metrics
 from gateway.spice.connection import ConnectionState, SpiceConnection
 from gateway.spice.constants import Direction
-from gateway.spice.events import Message
+from gateway.spice.events import Message, Passthrough
 from gateway.spice.messages import ClientMigrateData, MigrateData
 
 __all__ = ["ProxyServer", "run_proxy"]
@@ -150,23 +150,23 @@ class _Connection:
                     return
                 out = _Output(writer)
                 for event in receive(data):
-                    if type(event) is Message:
-                        migration = event.migration
-                        if migration is None:
-                            # The bulk of the traffic: an ordinary message, relayed as is.
-                            out.add(event.raw)
-                            continue
-                        if isinstance(migration, MigrateData | ClientMigrateData):
-                            # What came before is already decided; send it first.
-                            out.flush()
-                            # Counted until its result is written: stop() must not cut a
-                            # migration whose last blob was opened but not yet passed on.
-                            self.proxy.rewriting += 1
-                            try:
-                                out.add(await self.handler.rewrite(event))
-                            finally:
-                                self.proxy.rewriting -= 1
-                            continue
+                    if type(event) is Passthrough:
+                        # The bulk of the traffic: a run of ordinary messages, relayed as is.
+                        out.add(event.raw)
+                        continue
+                    if type(event) is Message and isinstance(
+                        event.migration, MigrateData | ClientMigrateData
+                    ):
+                        # What came before is already decided; send it first.
+                        out.flush()
+                        # Counted until its result is written: stop() must not cut a
+                        # migration whose last blob was opened but not yet passed on.
+                        self.proxy.rewriting += 1
+                        try:
+                            out.add(await self.handler.rewrite(event))
+                        finally:
+                            self.proxy.rewriting -= 1
+                        continue
                     out.add(forward(event))
                 out.flush()
                 metrics.inc("smg_bytes_total", out.total, sender=label)
@@ -204,12 +204,13 @@ class _Connection:
 
 
 class _Output:
-    """What one read produced, written with as few sends and copies as possible: small messages
-    are joined into one write, large ones are written on their own (joining would copy them)."""
+    """What one read produced, written with as few sends and copies as possible: small units
+    (link units, migration messages, short runs of messages) are joined into one write, large
+    ones are written on their own (joining would copy them)."""
 
     __slots__ = ("pending", "pending_size", "total", "writer")
 
-    #: Messages at least this large are not worth joining with their neighbours.
+    #: Units at least this large are not worth joining with their neighbours.
     LARGE = 64 * 1024
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:

@@ -28,6 +28,7 @@ from gateway.spice.events import (
     LinkReplyReceived,
     LinkResultReceived,
     Message,
+    Passthrough,
     TicketReceived,
     reframe,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "MigrationMessage",
     "Msg",
     "Msgc",
+    "Passthrough",
     "SpiceConnection",
     "TicketReceived",
     "caps_words",

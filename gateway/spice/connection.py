@@ -1,8 +1,8 @@
 """The sans-I/O state machine of one proxied SPICE connection (one channel).
 
-Feed it what each side sent; it returns one event per complete unit and never touches a
-socket, a clock or randomness. A proxy loop around it reads from one side, calls
-``receive_from_client`` / ``receive_from_server``, and writes each event's ``raw`` (or a
+Feed it what each side sent; it returns events carrying the exact bytes of every unit and
+never touches a socket, a clock or randomness. A proxy loop around it reads from one side,
+calls ``receive_from_client`` / ``receive_from_server``, and writes each event's ``raw`` (or a
 replacement built with :func:`~gateway.spice.events.reframe`) to the other side.
 
 Both directions live in one object because each depends on the other: whether the client
@@ -16,10 +16,19 @@ success only after the ticket. Bytes that arrive before what they depend on pass
 gateway can only come from a peer that is not following the protocol, and are refused instead
 of guessed at.
 
-Buffering: a data message event is emitted only when the whole message has arrived, so at most
+Events: one per link-stage unit. In the data phase, a migration message of the channel and
+direction (see :mod:`gateway.spice.messages`) is a decoded
+:class:`~gateway.spice.events.Message`; every run of other complete messages between two of
+those (or the ends of what has arrived) is one :class:`~gateway.spice.events.Passthrough`. The
+set of migration types is fixed once the channel is known, so an ordinary message costs one
+header read and a few comparisons: display traffic is mostly small messages, and a per-message
+object would cost more than relaying the bytes.
+
+Buffering: a data message is passed on only when the whole message has arrived, so at most
 one partial unit per direction stays buffered, bounded by ``max_message_size`` plus its header.
-Input is appended to a ``bytearray`` consumed from an offset and compacted lazily, so a
-message arriving in many small reads costs linear time.
+Input is parsed where it lies while nothing is pending (a ``bytes`` read of whole messages is
+relayed without a copy); otherwise it is appended to a ``bytearray`` consumed from an offset
+and compacted lazily, so a message arriving in many small reads costs linear time.
 
 Any refusal raises :class:`~gateway.errors.ProtocolError`; the connection is then dead, and
 every later call raises again (events parsed earlier in the failing call are dropped with it:
@@ -29,6 +38,7 @@ the proxy closes both sides).
 from __future__ import annotations
 
 import enum
+import functools
 import struct
 from collections.abc import Callable
 
@@ -46,6 +56,10 @@ from gateway.spice.constants import (
     Direction,
     HeaderKind,
     LinkError,
+    MainMsg,
+    MainMsgc,
+    Msg,
+    Msgc,
 )
 from gateway.spice.events import (
     AuthMechanismReceived,
@@ -55,6 +69,7 @@ from gateway.spice.events import (
     LinkReplyReceived,
     LinkResultReceived,
     Message,
+    Passthrough,
     TicketReceived,
 )
 from gateway.spice.link import LinkHeader, LinkMess, LinkReply, decode_u32, has_cap
@@ -66,8 +81,23 @@ _C2S = Direction.CLIENT_TO_SERVER
 _S2C = Direction.SERVER_TO_CLIENT
 _MINI = struct.Struct("<HI")
 _FULL = struct.Struct("<QHII")
+#: Type and size of each header; the walk over ordinary messages needs nothing else.
+_TYPE_AND_SIZE = {HeaderKind.MINI: _MINI, HeaderKind.FULL: struct.Struct("<8xHI4x")}
 #: Offset of the size field in each header, for error messages.
 _SIZE_AT = {HeaderKind.MINI: 2, HeaderKind.FULL: 10}
+#: Every message type the protocol constants name; the migration types are among them.
+_MIGRATION_CANDIDATES = frozenset(int(t) for types in (Msg, Msgc, MainMsg, MainMsgc) for t in types)
+
+
+@functools.cache
+def _migration_types(channel_type: int, direction: Direction) -> frozenset[int]:
+    """The message types that are migration messages on this channel in this direction.
+
+    Cached: a channel type is a u8, so there are at most 512 of these small sets.
+    """
+    return frozenset(
+        t for t in _MIGRATION_CANDIDATES if migration_class(channel_type, direction, t) is not None
+    )
 
 
 class ConnectionState(enum.Enum):
@@ -95,33 +125,55 @@ class _Stage(enum.Enum):
 
 
 class _Buffer:
-    """Bytes of one direction not yet consumed: a bytearray read from an offset.
+    """Bytes of one direction not yet consumed, read from an offset.
 
-    Consumed bytes are dropped only once they are at least half of the buffer, so each byte is
-    moved at most a constant number of times however the input is split.
+    While nothing else is pending, ``data`` is the ``bytes`` chunk just fed, not a copy (and a
+    unit that spans all of it goes out as that same object). Once a partial unit has to wait
+    for more input, it is a ``bytearray`` whose consumed bytes are dropped only when they are
+    at least half of it, so each byte is moved at most a constant number of times however the
+    input is split.
     """
 
     __slots__ = ("consumed", "data", "pos")
 
     def __init__(self) -> None:
-        self.data = bytearray()
+        self.data: bytes | bytearray = b""
         self.pos = 0
         #: Total bytes consumed so far: the stream offset of the next unit.
         self.consumed = 0
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
-        if self.pos and self.pos * 2 >= len(self.data):
-            del self.data[: self.pos]
+        data, pos = self.data, self.pos
+        if pos == len(data):
+            # A bytearray or memoryview may change under us once we return: keep a copy.
+            self.data = chunk if type(chunk) is bytes else bytes(chunk)
             self.pos = 0
-        self.data += chunk
+            return
+        if isinstance(data, bytes):
+            # A partial unit waits for more input: from now on it grows in a buffer of ours.
+            with memoryview(data) as view:
+                data = bytearray(view[pos:])
+            self.data, self.pos = data, 0
+        elif pos * 2 >= len(data):
+            del data[:pos]
+            self.pos = 0
+        data += chunk
 
     def __len__(self) -> int:
         return len(self.data) - self.pos
 
     def take(self, n: int) -> bytes:
-        with memoryview(self.data) as view:
-            unit = view[self.pos : self.pos + n].tobytes()
-        self.pos += n
+        data, pos = self.data, self.pos
+        if isinstance(data, bytes):
+            unit = data[pos : pos + n]
+        else:
+            with memoryview(data) as view:
+                unit = view[pos : pos + n].tobytes()
+        if pos + n == len(data):
+            # Let go of the chunk now rather than at the next read.
+            self.data, self.pos = b"", 0
+        else:
+            self.pos = pos + n
         self.consumed += n
         return unit
 
@@ -147,6 +199,8 @@ class SpiceConnection:
         # Known once the link message and reply are in; only the data stage reads them.
         self._channel_type = 0
         self._kind = HeaderKind.MINI
+        self._type_and_size = _MINI.unpack_from
+        self._migration_types: dict[Direction, frozenset[int]] = {}
         self._steps: dict[_Stage, Callable[[Direction, _Buffer], Event | None]] = {
             _Stage.WAIT: self._step_wait,
             _Stage.LINK_HEADER: self._step_link_header,
@@ -269,6 +323,7 @@ class SpiceConnection:
         mess = LinkMess.decode(raw)
         self.link_mess = mess
         self._channel_type = mess.channel_type
+        self._migration_types = {d: _migration_types(mess.channel_type, d) for d in Direction}
         self._stage[_C2S] = _Stage.WAIT
         self._stage[_S2C] = _Stage.LINK_HEADER
         return LinkMessReceived(direction, raw, mess)
@@ -297,6 +352,7 @@ class SpiceConnection:
         self._stage[_C2S] = _Stage.AUTH_MECHANISM if selection else _Stage.TICKET
         self._stage[_S2C] = _Stage.LINK_RESULT
         self._kind = HeaderKind.MINI if both(CommonCap.MINI_HEADER) else HeaderKind.FULL
+        self._type_and_size = _TYPE_AND_SIZE[self._kind].unpack_from
         return LinkReplyReceived(direction, raw, reply)
 
     def _step_auth_mechanism(self, direction: Direction, buf: _Buffer) -> Event | None:
@@ -342,6 +398,32 @@ class SpiceConnection:
     # --- data phase -------------------------------------------------------------------------
 
     def _step_data(self, direction: Direction, buf: _Buffer) -> Event | None:
+        """A run of ordinary messages, else the migration message or refusal at its start.
+
+        This is the proxy's hot path: per ordinary message it reads one header and compares.
+        The run stops before anything else, so a refusal or a decoded message is always the
+        first unit of its own step, and the stream offset in its error is its own.
+        """
+        data, start, stop = buf.data, buf.pos, len(buf.data)
+        header, type_and_size = self._kind.size, self._type_and_size
+        limit, migration_types = self.max_message_size, self._migration_types[direction]
+        last = stop - header  # the last offset at which a whole header fits
+        pos, count = start, 0
+        while pos <= last:
+            msg_type, size = type_and_size(data, pos)
+            if size > limit or msg_type in migration_types:
+                break
+            end = pos + header + size
+            if end > stop:
+                break
+            pos = end
+            count += 1
+        if count:
+            return Passthrough(direction, buf.take(pos - start), count)
+        return self._migration_message(direction, buf)
+
+    def _migration_message(self, direction: Direction, buf: _Buffer) -> Message | None:
+        """The message at the start of ``buf``: refused, awaited, or a migration message."""
         kind = self._kind
         if len(buf) < kind.size:
             return None
@@ -359,12 +441,12 @@ class SpiceConnection:
             )
         if len(buf) < kind.size + size:
             return None
-        raw = buf.take(kind.size + size)
         cls = migration_class(self._channel_type, direction, msg_type)
-        migration = None
-        if cls is not None:
-            try:
-                migration = cls.decode_body(raw[kind.size :])
-            except ProtocolError as exc:
-                raise ProtocolError(f"message type {msg_type}: {exc}") from None
+        # The walk stops at a complete message of fitting size only for a migration type.
+        assert cls is not None
+        raw = buf.take(kind.size + size)
+        try:
+            migration = cls.decode_body(raw[kind.size :])
+        except ProtocolError as exc:
+            raise ProtocolError(f"message type {msg_type}: {exc}") from None
         return Message(direction, raw, kind, msg_type, serial, sub_list, migration)

@@ -1,8 +1,13 @@
-"""What :class:`~gateway.spice.connection.SpiceConnection` returns: one event per protocol unit.
+"""What :class:`~gateway.spice.connection.SpiceConnection` returns: an event per protocol unit.
 
-Every event carries the exact bytes of its unit (``raw``), in order, so a proxy forwards
-pass-through traffic by writing ``event.raw`` unchanged; concatenating the ``raw`` of every
-event of one direction gives back exactly the bytes consumed in that direction.
+Every event carries the exact bytes of its unit or run of units (``raw``), in order, so a proxy
+forwards pass-through traffic by writing ``event.raw`` unchanged; concatenating the ``raw`` of
+every event of one direction gives back exactly the bytes consumed in that direction.
+
+The data phase has two events. A :class:`Message` is one migration message, decoded; a
+:class:`Passthrough` is a run of ordinary messages in one piece, since nearly all traffic is
+display updates, inputs and cursor moves that the gateway only relays, and building an object
+per message would cost more than relaying it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ __all__ = [
     "LinkReplyReceived",
     "LinkResultReceived",
     "Message",
+    "Passthrough",
     "TicketReceived",
     "reframe",
 ]
@@ -82,12 +88,26 @@ class LinkResultReceived(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class Passthrough(Event):
+    """``count`` consecutive complete data messages (at least one), none of them a migration
+    message for its channel and direction; ``raw`` is all of them, headers included.
+
+    Only the headers were read: each size was checked against the maximum message size, and
+    no body was looked at. The run ends where a read ends, at a migration message, or at a
+    message not yet complete, so how runs fall depends on how the input was split.
+    """
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Message(Event):
     """One complete data message (header and body), emitted only once all of it arrived.
 
     ``serial`` and ``sub_list`` exist only in the full header (``None`` for the mini header).
-    ``migration`` is the decoded body when this is a migration message for its channel and
-    direction (see :mod:`gateway.spice.messages`), else ``None``.
+    ``migration`` is the decoded body (see :mod:`gateway.spice.messages`). The connection emits
+    a ``Message`` only for a migration message of its channel and direction, so from there it is
+    never ``None``; the type allows ``None`` for a message built by hand (to test a rewrite).
     """
 
     kind: HeaderKind
