@@ -10,9 +10,10 @@ What is measured
   decoding and strict schema validation on the way out. The baselines get the bare bytes: raw
   AES-256-GCM with one pre-built key (no derivation, no MAC, no encoding), and Fernet (what a
   Python user might reach for). Ratios are envelope time / raw GCM time.
-* **open** is shown twice: with the real replay guard (a durable SQLite commit per blob) and
-  with the guard's cost taken out, since that commit is dominated by fsync and depends on the
-  disk far more than on this code. The guard's own commit is also timed alone.
+* **open** is shown twice: ``verify`` (every check, no replay guard) and ``open_envelope`` with
+  the real guard (a durable SQLite commit per blob), since that commit is dominated by fsync and
+  depends on the disk far more than on this code. The guard's own commit is also timed alone,
+  and six concurrent ones (a migration's channels on the target), which share commits.
 * **Pipeline** on the display sample: native decode + validate, then seal; and back: open,
   then native encode. In microseconds each way.
 
@@ -29,6 +30,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -53,6 +55,7 @@ from gateway.envelope import (
     open_envelope,
     read_header,
     seal,
+    verify,
 )
 from gateway.keys import Keyring
 from gateway.replay import ReplayGuard
@@ -69,7 +72,14 @@ class NullGuard(ReplayGuard):
     def __init__(self) -> None:
         self._db = None
 
-    def consume(self, blob_id: bytes, keep_until: int, *, now: int) -> None:
+    def consume(
+        self,
+        blob_id: bytes,
+        keep_until: int,
+        *,
+        now: int,
+        claim: Callable[[], None] | None = None,
+    ) -> None:
         return None
 
 
@@ -146,7 +156,6 @@ def bench_size(size: int, directory: Path, quick: bool) -> Samples:
     gcm = AESGCM(os.urandom(32))
     nonce = os.urandom(12)
     fernet = Fernet(Fernet.generate_key())
-    null = NullGuard()
     ops, rounds = ops_for(size, quick)
     state = state_of(size)
     data = state.device.write_data
@@ -163,9 +172,7 @@ def bench_size(size: int, directory: Path, quick: bool) -> Samples:
                 "seal": lambda: seal(state, ctx, keyring),
                 "gcm_dec": lambda: gcm.decrypt(nonce, raw_ct, None),
                 "fernet_dec": lambda: fernet.decrypt(token),
-                "open": lambda: open_envelope(
-                    next(unguarded), expected, keyring, null, policy=policy
-                ),
+                "open": lambda: verify(next(unguarded), expected, keyring, policy=policy),
                 "open_guarded": lambda: open_envelope(
                     next(guarded), expected, keyring, guard, policy=policy
                 ),
@@ -190,6 +197,41 @@ def bench_guard(directory: Path, quick: bool) -> float:
     return median(samples["consume"])
 
 
+def bench_concurrent_guard(directory: Path, quick: bool, count: int = 6) -> tuple[float, float]:
+    """Seconds for ``count`` consumes: started together in threads (they share commits), and
+    one after another in one thread (a commit each)."""
+    counter = itertools.count()
+    now = int(time.time())
+    together, in_a_row = [], []
+    with ReplayGuard(directory / "replay-concurrent.db") as guard:
+
+        def consume(blob_id: bytes) -> None:
+            guard.consume(blob_id, now + 300, now=now)
+
+        for _ in range(20 if quick else 100):
+            ids = [next(counter).to_bytes(32, "big") for _ in range(count)]
+            start = threading.Barrier(count + 1)
+
+            def run(blob_id: bytes, start: threading.Barrier = start) -> None:
+                start.wait()
+                consume(blob_id)
+
+            workers = [threading.Thread(target=run, args=(i,)) for i in ids]
+            for worker in workers:
+                worker.start()
+            start.wait()
+            began = time.perf_counter()
+            for worker in workers:
+                worker.join()
+            together.append(time.perf_counter() - began)
+
+            began = time.perf_counter()
+            for _ in range(count):
+                consume(next(counter).to_bytes(32, "big"))
+            in_a_row.append(time.perf_counter() - began)
+    return median(together), median(in_a_row)
+
+
 def bench_parts(quick: bool) -> dict[str, float]:
     """Where a 1 KiB blob's time goes: each step of seal and open on its own."""
     keyring = Keyring.create()
@@ -204,6 +246,7 @@ def bench_parts(quick: bool) -> dict[str, float]:
     header = read_header(blob)
     context_bytes = blob[HEADER_SIZE : HEADER_SIZE + header.context_length]
     unpacked = _unpack(payload, DEFAULT_POLICY)
+    expected = ExpectedContext.of(ctx)
     ops, rounds = (300, 3) if quick else (3000, 7)
     samples = measure(
         {
@@ -214,7 +257,7 @@ def bench_parts(quick: bool) -> dict[str, float]:
                 state.model_dump(mode="python"), use_bin_type=True
             ),
             "fixed header": lambda: read_header(blob),
-            "context decode": lambda: _decode_context(context_bytes),
+            "context decode": lambda: _decode_context(context_bytes, expected),
             "strict msgpack decode": lambda: _unpack(payload, DEFAULT_POLICY),
             "strict schema validation": lambda: SpicevmcState.model_validate(unpacked),
         },
@@ -238,7 +281,7 @@ def bench_pipeline(quick: bool) -> dict[str, float]:
         return seal(native.decode(ChannelType.DISPLAY, sample), ctx, keyring)
 
     def back() -> bytes:
-        got = open_envelope(next(blobs), expected, keyring, null)
+        got = verify(next(blobs), expected, keyring).consume(null)
         return native.encode(got.state, ChannelType.DISPLAY)
 
     samples = measure(
@@ -246,7 +289,7 @@ def bench_pipeline(quick: bool) -> dict[str, float]:
             "decode": lambda: native.decode(ChannelType.DISPLAY, sample),
             "seal": lambda: seal(state, ctx, keyring),
             "forward": forward,
-            "open": lambda: open_envelope(next(blobs), expected, keyring, null),
+            "open": lambda: verify(next(blobs), expected, keyring),
             "encode": lambda: native.encode(state, ChannelType.DISPLAY),
             "back": back,
         },
@@ -278,6 +321,7 @@ def main() -> int:
               f"replay databases on {fs_type(directory)}")
         sizes = {size: bench_size(size, directory, args.quick) for size in SIZES}
         guard = bench_guard(directory, args.quick)
+        together, in_a_row = bench_concurrent_guard(directory, args.quick)
     parts = bench_parts(args.quick)
     pipe = bench_pipeline(args.quick)
 
@@ -300,7 +344,9 @@ def main() -> int:
               f" {ratio(r['open'], r['gcm_dec']):6.1f} {us(median(r['open_guarded']))}"
               f" {mbps(size, dec)} {mbps(size, op)}")
 
-    print(f"\nReplay guard alone (one durable SQLite commit, fsync): {guard * 1e6:.1f} us")
+    print(f"\nReplay guard alone (one durable SQLite commit, fsync): {guard * 1e6:.1f} us\n"
+          f"Six consumes (a migration's channels), started together in threads: "
+          f"{together * 1e6:.1f} us; one after another: {in_a_row * 1e6:.1f} us")
     print("\nWhere a 1 KiB blob's time goes (median us per step):")
     for name, seconds in parts.items():
         print(f"  {name:<26} {seconds * 1e6:8.1f}")

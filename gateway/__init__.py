@@ -15,8 +15,10 @@ from gateway.envelope import (
     ExpectedContext,
     Opened,
     Policy,
+    Verified,
     open_envelope,
     seal,
+    verify,
 )
 from gateway.errors import GatewayError
 from gateway.keys import Keyring, KeyringFile, KeyState, load_keyring, save_keyring
@@ -34,11 +36,13 @@ __all__ = [
     "Opened",
     "Policy",
     "ReplayGuard",
+    "Verified",
     "load_keyring",
     "open",
     "open_envelope",
     "save_keyring",
     "seal",
+    "verify",
 ]
 __version__ = "0.1.0"
 

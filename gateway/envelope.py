@@ -15,6 +15,11 @@ Opening checks, in this order, and nothing is skipped: size; fixed header fields
 HMAC (constant time); GCM decryption; context; msgpack with every limit; strict schema;
 context comparison; lifetime and clock skew; minimum versions; and last, the replay guard, so
 a blob is recorded as consumed only when everything else passed.
+
+:func:`open_envelope` is the one-call API. Beneath it, :func:`verify` runs every check but the
+last and returns a :class:`Verified` whose state only :meth:`Verified.consume` hands out, after the
+replay guard recorded the blob: a caller may run the checks (CPU) and the guard's commit (a wait
+for the disk) in different places, but cannot get the state without both.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import os
 import struct
 import time
 import uuid
+from _hashlib import hmac_new
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Final, Literal, NamedTuple, cast
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, NamedTuple
 
 import msgpack
 from cryptography.exceptions import InvalidTag
@@ -74,9 +80,11 @@ __all__ = [
     "Header",
     "Opened",
     "Policy",
+    "Verified",
     "open_envelope",
     "read_header",
     "seal",
+    "verify",
 ]
 
 MAGIC: Final = b"SMGE"
@@ -144,8 +152,10 @@ def _check_u(value: int, bits: int, name: str, low: int = 0) -> None:
 def _coerce_enums(context: Context | ExpectedContext) -> None:
     """Accept plain ints for the enum fields, store the enums (frozen, hence __setattr__)."""
     try:
-        object.__setattr__(context, "channel_type", ChannelType(context.channel_type))
-        object.__setattr__(context, "direction", Direction(context.direction))
+        if type(context.channel_type) is not ChannelType:
+            object.__setattr__(context, "channel_type", ChannelType(context.channel_type))
+        if type(context.direction) is not Direction:
+            object.__setattr__(context, "direction", Direction(context.direction))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -171,6 +181,36 @@ class Context:
             raise ConfigError("vm_id and migration_id must be UUIDs")
         _check_host(self.source_host, "source_host")
         _check_host(self.target_host, "target_host")
+
+    @classmethod
+    def _decoded(
+        cls,
+        channel_type: ChannelType,
+        channel_id: int,
+        vm_id: uuid.UUID,
+        migration_id: uuid.UUID,
+        source_host: str,
+        target_host: str,
+        schema_version: int,
+        direction: Direction,
+    ) -> Context:
+        """A context whose every field :func:`_decode_context` has already checked.
+
+        Skips ``__post_init__``, which would repeat those checks; the types come from the
+        fixed layout (a u8, a u16, 16-byte UUIDs), the rest was checked on the bytes.
+        """
+        context = object.__new__(cls)
+        context.__dict__.update(
+            channel_type=channel_type,
+            channel_id=channel_id,
+            vm_id=vm_id,
+            migration_id=migration_id,
+            source_host=source_host,
+            target_host=target_host,
+            schema_version=schema_version,
+            direction=direction,
+        )
+        return context
 
 
 @dataclass(frozen=True)
@@ -300,9 +340,10 @@ class Opened:
 
 
 def _hmac(key: bytes, message: bytes) -> bytes:
-    # hmac.new with a digest name reuses OpenSSL's cached SHA-256; the one-shot hmac.digest
-    # looks the digest up on every call, which costs more than hashing a small message.
-    return hmac.new(key, message, "sha256").digest()
+    # OpenSSL's HMAC straight from CPython's _hashlib, the object hmac.new wraps (and the
+    # drop-in replacement should _hashlib change): for messages this small, hmac.py's Python
+    # layers cost more than the hashing, and every blob takes four HMACs.
+    return hmac_new(key, message, "sha256").digest()
 
 
 def _derive(secret: bytes, salt: bytes) -> tuple[bytes, bytes]:
@@ -331,19 +372,44 @@ def _encode_context(context: Context, issued_at: int, expires_at: int) -> bytes:
     return b"".join((fixed, bytes([len(source)]), source, bytes([len(target)]), target))
 
 
+#: Enum members by wire value: a lookup that fails cleanly on an unknown value.
+_CHANNEL_TYPES: Final = {int(member): member for member in ChannelType}
+_DIRECTIONS: Final = {int(member): member for member in Direction}
+
+
 def _read_host(data: bytes, offset: int, name: str) -> tuple[str, int]:
     size = data[offset]
     end = offset + 1 + size
     if end > len(data):
         raise Truncated(f"context: {name} runs past the context at offset {offset}")
     try:
-        return data[offset + 1 : end].decode("utf-8"), end
+        host = data[offset + 1 : end].decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedInput(f"context: {name} is not UTF-8") from None
+    # The length byte bounds the size from above; Context's other host rules apply as well.
+    if not host or not host.isprintable():
+        raise MalformedInput(
+            f"context: {name} must be 1 to {MAX_HOST_ID} bytes of printable UTF-8"
+        )
+    return host, end
 
 
-def _decode_context(data: bytes) -> tuple[Context, int, int]:
-    """The authenticated context; only ever called on bytes the MAC has verified."""
+def _uuid(raw: bytes, known: uuid.UUID | Literal[_Any.ANY]) -> uuid.UUID:
+    """``raw`` as a UUID, sharing ``known`` when equal (as it is whenever the blob matches)."""
+    if known is not ANY_MIGRATION and raw == known.bytes:
+        return known
+    return uuid.UUID(bytes=raw)
+
+
+def _decode_context(
+    data: bytes, expected: ExpectedContext | None = None
+) -> tuple[Context, int, int]:
+    """The authenticated context; only ever called on bytes the MAC has verified.
+
+    Every check ``Context`` makes is made here on the bytes, so a compromised key holder's
+    context is refused as malformed. ``expected`` only lends its objects for equal values; it
+    checks nothing (the comparison comes later, in its documented place).
+    """
     channel, channel_id, direction, schema, vm, migration, issued, expires = _CONTEXT.unpack_from(
         data
     )
@@ -355,19 +421,24 @@ def _decode_context(data: bytes) -> tuple[Context, int, int]:
         raise UnaccountedBytes(f"context: {len(data) - offset} bytes after target_host")
     if expires < issued:
         raise MalformedInput("context: expires_at is before issued_at")
-    try:
-        context = Context(
-            ChannelType(channel),
-            channel_id,
-            uuid.UUID(bytes=vm),
-            uuid.UUID(bytes=migration),
-            source,
-            target,
-            schema,
-            Direction(direction),
-        )
-    except (ValueError, ConfigError) as exc:
-        raise MalformedInput(f"context: {exc}") from None
+    channel_type = _CHANNEL_TYPES.get(channel)
+    if channel_type is None:
+        raise MalformedInput(f"context: unknown channel type {channel}")
+    direction_member = _DIRECTIONS.get(direction)
+    if direction_member is None:
+        raise MalformedInput(f"context: unknown direction {direction}")
+    if schema < 1:
+        raise MalformedInput("context: schema version 0")
+    context = Context._decoded(
+        channel_type,
+        channel_id,
+        _uuid(vm, ANY_MIGRATION if expected is None else expected.vm_id),
+        _uuid(migration, ANY_MIGRATION if expected is None else expected.migration_id),
+        source,
+        target,
+        schema,
+        direction_member,
+    )
     return context, issued, expires
 
 
@@ -388,14 +459,11 @@ def read_header(blob: bytes) -> Header:
             f"{_MIN_CONTEXT}..{_MAX_CONTEXT}"
         )
     header = Header(version, suite, context_length, body_length, key_id, salt)
-    if len(blob) < header.total_length:
-        raise Truncated(
-            f"envelope: {len(blob)} bytes, the header declares {header.total_length}"
-        )
-    if len(blob) > header.total_length:
-        raise UnaccountedBytes(
-            f"envelope: {len(blob) - header.total_length} bytes after offset {header.total_length}"
-        )
+    total = header.total_length
+    if len(blob) < total:
+        raise Truncated(f"envelope: {len(blob)} bytes, the header declares {total}")
+    if len(blob) > total:
+        raise UnaccountedBytes(f"envelope: {len(blob) - total} bytes after offset {total}")
     return header
 
 
@@ -481,18 +549,19 @@ _CONTAINERS: Final = frozenset({dict, tuple})
 
 def _check_depth(obj: object, limit: int) -> None:
     """Refuse nesting deeper than ``limit``, one level at a time (no recursion)."""
-    level = [obj] if type(obj) in _CONTAINERS else []
+    # Only dicts and tuples come out of the unpacker as containers (exact types, no
+    # subclasses), hence Any and type() checks: this walk runs on every opened blob.
+    level: list[Any] = [obj] if type(obj) in _CONTAINERS else []
     depth = 0
     while level:
         depth += 1
         if depth > limit:
             raise CountOutOfRange(f"sealed state: nesting deeper than {limit}")
-        below: list[object] = []
+        below: list[Any] = []
         for item in level:
-            children: Iterable[object] = (
-                item.values() if isinstance(item, dict) else cast("tuple[object, ...]", item)
-            )
-            below += [child for child in children if type(child) in _CONTAINERS]
+            for child in item.values() if type(item) is dict else item:
+                if type(child) in _CONTAINERS:
+                    below.append(child)
         level = below
 
 
@@ -545,19 +614,52 @@ def _compare(expected: ExpectedContext, got: Context) -> None:
             )
 
 
-def open_envelope(
+@dataclass(frozen=True)
+class Verified:
+    """A blob that passed every check but single use: not yet safe to act on.
+
+    Its state stays inside until :meth:`consume` had the replay guard record the blob; the
+    context, authenticated and checked, may be read before (to decide what to claim).
+    """
+
+    _opened: Opened = field(repr=False)
+    keep_until: int
+    """Unix seconds the replay guard must keep the blob id: expiry plus the allowed skew."""
+    checked_at: int
+    """The clock the checks used, which the guard prunes with."""
+
+    @property
+    def context(self) -> Context:
+        return self._opened.context
+
+    @property
+    def blob_id(self) -> bytes:
+        return self._opened.blob_id
+
+    def consume(
+        self, replay_guard: ReplayGuard, *, claim: Callable[[], None] | None = None
+    ) -> Opened:
+        """Record the blob as used (durably) and return what was opened, or raise Replayed.
+
+        ``claim`` goes to :meth:`ReplayGuard.consume`: a last check, atomic with the record;
+        if it raises, nothing is recorded and this raises its error.
+        """
+        replay_guard.consume(self.blob_id, self.keep_until, now=self.checked_at, claim=claim)
+        return self._opened
+
+
+def verify(
     blob: bytes,
     expected: ExpectedContext,
     keyring: Keyring,
-    replay_guard: ReplayGuard,
     *,
     policy: Policy = DEFAULT_POLICY,
     now: float | None = None,
-) -> Opened:
-    """Verify, decrypt, decode and check ``blob``; record it as consumed; return its state.
+) -> Verified:
+    """Every check of :func:`open_envelope` except the replay guard, which the result's
+    :meth:`~Verified.consume` runs.
 
-    Raises a :class:`~gateway.errors.GatewayError` subclass for every refusal, and records
-    nothing unless every check passed.
+    Raises a :class:`~gateway.errors.GatewayError` subclass for every refusal.
     """
     if len(blob) > policy.max_blob_size:
         raise TooLarge(f"envelope: {len(blob)} bytes, over the {policy.max_blob_size}-byte limit")
@@ -579,7 +681,7 @@ def open_envelope(
     except InvalidTag:
         raise AuthenticationFailed("envelope: ciphertext does not verify") from None
 
-    context, issued_at, expires_at = _decode_context(blob[HEADER_SIZE:context_end])
+    context, issued_at, expires_at = _decode_context(blob[HEADER_SIZE:context_end], expected)
     obj = _unpack(payload, policy)
     del payload  # the state holds its own copy of any large bytes; free this one early
     model = model_for(context.channel_type, context.schema_version)
@@ -615,6 +717,22 @@ def open_envelope(
             f"schema version {context.schema_version} is below the minimum "
             f"{policy.min_schema_version}"
         )
+    opened = Opened(state, context, issued_at, expires_at, header.key_id, header.salt)
+    return Verified(opened, expires_at + policy.clock_skew, clock)
 
-    replay_guard.consume(header.salt, expires_at + policy.clock_skew, now=clock)
-    return Opened(state, context, issued_at, expires_at, header.key_id, header.salt)
+
+def open_envelope(
+    blob: bytes,
+    expected: ExpectedContext,
+    keyring: Keyring,
+    replay_guard: ReplayGuard,
+    *,
+    policy: Policy = DEFAULT_POLICY,
+    now: float | None = None,
+) -> Opened:
+    """Verify, decrypt, decode and check ``blob``; record it as consumed; return its state.
+
+    Raises a :class:`~gateway.errors.GatewayError` subclass for every refusal, and records
+    nothing unless every check passed. The record is durable before this returns.
+    """
+    return verify(blob, expected, keyring, policy=policy, now=now).consume(replay_guard)

@@ -1,4 +1,5 @@
-"""seal / open: round trips for every channel, context binding, pinning, derivation, inputs.
+"""seal / open: round trips for every channel, context binding, pinning, derivation, inputs,
+verify-then-consume, and the context decoder against Context's own checks.
 
 The refusals (tampering, replay, expiry, bombs...) are in test_envelope_attacks.py.
 """
@@ -7,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import struct
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import msgpack
 import pytest
@@ -28,12 +31,14 @@ from gateway.envelope import (
     Direction,
     ExpectedContext,
     Policy,
+    _decode_context,
     _derive,
     open_envelope,
     read_header,
     seal,
+    verify,
 )
-from gateway.errors import ConfigError, ContextMismatch
+from gateway.errors import ConfigError, ContextMismatch, MalformedInput, Replayed
 from gateway.keys import Keyring
 from gateway.replay import ReplayGuard
 from schemas import (
@@ -339,3 +344,155 @@ def test_display_state_with_surfaces_round_trips(keyring: Keyring, guard: Replay
     opened = open_envelope(seal(state, context, keyring, now=NOW), ExpectedContext.of(context),
                            keyring, guard, now=NOW)
     assert opened.state == state
+
+
+# --- verify, then consume ------------------------------------------------------------------
+
+
+def test_verify_records_nothing_and_consume_records_once(
+    keyring: Keyring, guard: ReplayGuard
+) -> None:
+    _, _, state = sample("display")
+    context = context_for(ChannelType.DISPLAY)
+    blob = seal(state, context, keyring, now=NOW, ttl=120)
+    policy = Policy(clock_skew=7)
+    verified = verify(blob, ExpectedContext.of(context), keyring, policy=policy, now=NOW + 1)
+    again = verify(blob, ExpectedContext.of(context), keyring, policy=policy, now=NOW + 1)
+    assert len(guard) == 0
+    assert verified.context == context
+    assert verified.blob_id == read_header(blob).salt
+    assert (verified.keep_until, verified.checked_at) == (NOW + 120 + 7, NOW + 1)
+
+    opened = verified.consume(guard)
+    assert opened.state == state
+    assert (opened.context, opened.blob_id) == (context, verified.blob_id)
+    assert (opened.issued_at, opened.expires_at) == (NOW, NOW + 120)
+    assert verified.blob_id in guard
+    # A second verification of the same blob passes; its record does not.
+    with pytest.raises(Replayed):
+        again.consume(guard)
+    with pytest.raises(Replayed):
+        open_envelope(blob, ExpectedContext.of(context), keyring, guard, now=NOW + 1)
+    assert len(guard) == 1
+
+
+def test_a_refusing_claim_leaves_the_blob_unconsumed(keyring: Keyring, guard: ReplayGuard) -> None:
+    _, _, state = sample("inputs")
+    context = context_for(ChannelType.INPUTS)
+    blob = seal(state, context, keyring, now=NOW)
+    verified = verify(blob, ExpectedContext.of(context), keyring, now=NOW)
+
+    def refuse() -> None:
+        raise ContextMismatch("migration_id", "another migration is pinned")
+
+    with pytest.raises(ContextMismatch):
+        verified.consume(guard, claim=refuse)
+    assert len(guard) == 0
+    claimed: list[uuid.UUID] = []
+    verified.consume(guard, claim=lambda: claimed.append(verified.context.migration_id))
+    assert claimed == [MIGRATION]
+    assert verified.blob_id in guard
+
+
+def test_verified_does_not_show_the_state(keyring: Keyring) -> None:
+    _, _, state = sample("main")
+    context = context_for(ChannelType.MAIN)
+    verified = verify(seal(state, context, keyring, now=NOW), ExpectedContext.of(context),
+                      keyring, now=NOW)
+    assert "state" not in repr(verified)
+    assert "_opened" not in repr(verified)
+
+
+# --- the context decoder's own checks --------------------------------------------------------
+
+
+class RawFields(NamedTuple):
+    """A context's wire fields, valid or not."""
+
+    channel: int
+    channel_id: int
+    direction: int
+    schema: int
+    vm: bytes
+    migration: bytes
+    source: bytes
+    target: bytes
+
+    def encode(self) -> bytes:
+        fixed = struct.pack(
+            ">BBBH16s16sQQ", self.channel, self.channel_id, self.direction, self.schema,
+            self.vm, self.migration, NOW, NOW + 60,
+        )
+        return b"".join(
+            (fixed, bytes([len(self.source)]), self.source, bytes([len(self.target)]), self.target)
+        )
+
+    def checked(self) -> Context | None:
+        """What the checked constructor makes of these fields, or None where it refuses them."""
+        try:
+            return Context(
+                ChannelType(self.channel),
+                self.channel_id,
+                uuid.UUID(bytes=self.vm),
+                uuid.UUID(bytes=self.migration),
+                self.source.decode(),
+                self.target.decode(),
+                self.schema,
+                Direction(self.direction),
+            )
+        except (ValueError, ConfigError):  # UnicodeDecodeError is a ValueError
+            return None
+
+
+def _mostly(valid: st.SearchStrategy[Any], anything: st.SearchStrategy[Any]) -> (
+    st.SearchStrategy[Any]
+):
+    """``valid`` three times in four: one_of alone would pick it only half the time."""
+    return st.sampled_from([True, True, True, False]).flatmap(
+        lambda pick: valid if pick else anything
+    )
+
+
+_HOSTS = _mostly(
+    st.one_of(
+        st.sampled_from([b"src.example", b"dst.example", "h\u00f4te".encode(), b"x" * 255]),
+        st.text(st.characters(codec="utf-8", categories=["L", "N", "P"]), min_size=1).map(
+            str.encode
+        ),
+    ),
+    st.one_of(
+        st.sampled_from([b"", b"a\x00b", b"tab\there", b"\xff", "\u2028".encode()]),
+        st.binary(max_size=12),
+        st.text(max_size=12).map(lambda text: text.encode("utf-8", "surrogatepass")),
+    ),
+)
+_RAW_FIELDS = st.builds(
+    RawFields,
+    channel=_mostly(st.sampled_from([int(c) for c in ChannelType]), st.integers(0, 255)),
+    channel_id=st.integers(0, 255),
+    direction=_mostly(st.sampled_from([int(d) for d in Direction]), st.integers(0, 255)),
+    schema=_mostly(st.just(1), st.integers(0, 0xFFFF)),
+    vm=st.one_of(st.just(VM.bytes), st.binary(min_size=16, max_size=16)),
+    migration=st.one_of(st.just(MIGRATION.bytes), st.binary(min_size=16, max_size=16)),
+    source=_HOSTS,
+    target=_HOSTS,
+)
+
+
+@given(fields=_RAW_FIELDS, lend=st.booleans())
+@budget(300)
+def test_context_decoder_accepts_exactly_what_context_accepts(
+    fields: RawFields, lend: bool
+) -> None:
+    """The decoder builds contexts without re-running Context's checks: it must make every one
+    of them itself, whether or not an expected context lends its objects."""
+    expected = ExpectedContext.of(context_for(ChannelType.MAIN)) if lend else None
+    want = fields.checked()
+    if want is None:
+        with pytest.raises(MalformedInput):
+            _decode_context(fields.encode(), expected)
+        return
+    got, issued, expires = _decode_context(fields.encode(), expected)
+    assert (got, issued, expires) == (want, NOW, NOW + 60)
+    for name in ("channel_type", "direction", "vm_id", "migration_id", "source_host"):
+        assert type(getattr(got, name)) is type(getattr(want, name))

@@ -606,6 +606,8 @@ HOSTILE_CONTEXTS: dict[str, tuple[bytes, type[GatewayError]]] = {
     "expires before issued": (_context_bytes(expires_at=NOW - 1), MalformedInput),
     "invalid UTF-8 host": (_context_bytes()[:-12] + b"\x0b" + b"\xff" * 11, MalformedInput),
     "control character in host": (_context_bytes(target_host="dst\x00example"), MalformedInput),
+    "empty source host": (_context_bytes(source_host=""), MalformedInput),
+    "empty target host": (_context_bytes(target_host=""), MalformedInput),
     "host length past the end": (_context_bytes()[:-12] + b"\x0c" + b"d" * 11, Truncated),
     "bytes after the target host": (_context_bytes() + b"\x00", UnaccountedBytes),
     "target host missing": (_context_bytes()[:-12], Truncated),

@@ -16,6 +16,7 @@ returned bytes out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -27,12 +28,12 @@ from gateway.envelope import (
     ANY_MIGRATION,
     Context,
     ExpectedContext,
-    Opened,
     Policy,
-    open_envelope,
+    Verified,
     seal,
+    verify,
 )
-from gateway.errors import GatewayError, ProtocolError
+from gateway.errors import ContextMismatch, GatewayError, ProtocolError
 from gateway.keys import Keyring
 from gateway.proxy.config import ProxyConfig, Route
 from gateway.proxy.sessions import DATA_CHANNELS, Session, SessionTable
@@ -58,7 +59,8 @@ from gateway.spice.messages import (
 
 __all__ = ["INLINE_SEAL_LIMIT", "ChannelHandler", "ProxyState"]
 
-#: Payloads below this size are sealed on the event loop (see :meth:`ChannelHandler.rewrite`).
+#: Payloads below this size are sealed or verified on the event loop (see
+#: :meth:`ChannelHandler.rewrite`).
 INLINE_SEAL_LIMIT = 64 * 1024
 
 
@@ -73,6 +75,30 @@ class ProxyState:
     metrics: Metrics
     policy: Policy
     clock: Callable[[], float] = time.time
+
+
+@functools.lru_cache(maxsize=1024)
+def _expected_context(
+    channel_type: ChannelType,
+    channel_id: int,
+    vm_id: uuid.UUID,
+    migration_id: uuid.UUID | None,
+    sources: frozenset[str],
+    host_id: str,
+) -> ExpectedContext:
+    """What a blob for this channel must carry (immutable, so shared between blobs).
+
+    ``migration_id`` None accepts any migration: the session has not pinned one yet.
+    """
+    return ExpectedContext(
+        channel_type=channel_type,
+        channel_id=channel_id,
+        vm_id=vm_id,
+        migration_id=ANY_MIGRATION if migration_id is None else migration_id,
+        sources=sources,
+        target_host=host_id,
+        schema_version=1,
+    )
 
 
 def _channel_name(channel_type: int) -> str:
@@ -135,14 +161,20 @@ class ChannelHandler:
     async def rewrite(self, event: Message) -> bytes:
         """:meth:`forward` for a MIGRATE_DATA message, without holding up the event loop.
 
-        Opening always leaves the loop: the replay guard's durable commit waits for the disk.
-        Sealing a real payload (tens of bytes to a few KiB) costs less than two thread
-        hand-offs; only a large one (pending device data) goes to a thread.
+        A real payload (tens of bytes to a few KiB) is sealed, or verified, on the loop: that
+        costs less than two thread hand-offs. Only what waits for the disk, the replay guard's
+        durable commit, goes to a thread, where the commits of blobs verified meanwhile share
+        one fsync. A large payload (pending device data) goes to a thread whole.
         """
         migration = event.migration
-        if isinstance(migration, MigrateData) and len(migration.payload) < INLINE_SEAL_LIMIT:
-            return self.forward(event)
-        return await asyncio.to_thread(self.forward, event)
+        if isinstance(migration, MigrateData | ClientMigrateData) and (
+            len(migration.payload) >= INLINE_SEAL_LIMIT
+        ):
+            return await asyncio.to_thread(self.forward, event)
+        if isinstance(migration, ClientMigrateData):
+            session, verified = self._verify(migration.payload)
+            return reframe(event, await asyncio.to_thread(self._accept, session, verified))
+        return self.forward(event)
 
     def refuse(self, reason: str, error: GatewayError) -> None:
         """Audit and count a refusal, then raise ``error`` so the caller closes the channel."""
@@ -303,44 +335,66 @@ class ChannelHandler:
             )
         return blob
 
-    def _open_envelope(self, blob: bytes, migration: uuid.UUID | None) -> Opened:
-        """Open ``blob`` for this channel; ``migration`` None accepts any migration id."""
-        expected = ExpectedContext(
-            channel_type=ChannelType(self.channel_type),
-            channel_id=self.channel_id,
-            vm_id=self.route.vm_id,
-            migration_id=ANY_MIGRATION if migration is None else migration,
-            sources=self.state.config.trusted_sources,
-            target_host=self.state.config.host_id,
-            schema_version=1,
-        )
-        return open_envelope(
-            blob,
-            expected,
-            self.state.keyring(),
-            self.state.replay_guard,
-            policy=self.state.policy,
-            now=self.state.clock(),
-        )
-
     def _open(self, blob: bytes) -> bytes:
         """Target host: sealed blob from the client -> native payload for spice-server."""
+        return self._accept(*self._verify(blob))
+
+    def _verify(self, blob: bytes) -> tuple[Session, Verified]:
+        """Every check of ``blob`` but single use: CPU only, fit for the event loop."""
         session = self.session
         try:
             self._check_data_channel()
             if session is None:
                 raise ProtocolError(f"{self.channel}: MIGRATE_DATA on a link without a session")
-            # The session's first blob pins its migration id, so first blobs open one at a
-            # time: two of them cannot pin two ids. Once pinned, the other channels' blobs
-            # open side by side (one's crypto need not wait for another's replay commit).
-            with session.pinning:
-                pinned = session.migration_id
-                if pinned is None:
-                    opened = self._open_envelope(blob, None)
-                    with session.lock:
-                        session.migration_id = opened.context.migration_id
-            if pinned is not None:
-                opened = self._open_envelope(blob, pinned)
+            # Once the session's migration id is pinned, a blob of another migration fails
+            # here; before, any migration passes and _claim decides.
+            verified = verify(
+                blob,
+                _expected_context(
+                    ChannelType(self.channel_type),
+                    self.channel_id,
+                    self.route.vm_id,
+                    session.migration_id,
+                    self.state.config.trusted_sources,
+                    self.state.config.host_id,
+                ),
+                self.state.keyring(),
+                policy=self.state.policy,
+                now=self.state.clock(),
+            )
+        except GatewayError as error:
+            self.refuse("open", error)
+            raise  # pragma: no cover - refuse() raises
+        return session, verified
+
+    def _claim(self, session: Session, verified: Verified) -> Callable[[], None]:
+        """The replay guard's last check for ``verified``, atomic with its record.
+
+        The session's first blob recorded pins its migration id; a blob of another migration
+        is refused before it is recorded. Blobs verified before the pin was known are
+        checked here, so the session's channels need not wait for each other's commits.
+        """
+        migration_id = verified.context.migration_id
+
+        def claim() -> None:
+            with session.lock:
+                if session.migration_id is None:
+                    session.migration_id = migration_id
+                elif session.migration_id != migration_id:
+                    raise ContextMismatch(
+                        "migration_id",
+                        f"context field 'migration_id' does not match "
+                        f"({self.channel_kind} channel {self.channel_id})",
+                    )
+
+        return claim
+
+    def _accept(self, session: Session, verified: Verified) -> bytes:
+        """The durable replay record (waits for the disk), then the native bytes."""
+        try:
+            opened = verified.consume(
+                self.state.replay_guard, claim=self._claim(session, verified)
+            )
             native_payload = native.encode(opened.state, self.channel_type)
             with session.lock:
                 session.accepted.add((self.channel_type, self.channel_id))

@@ -55,8 +55,6 @@ class Session:
     connections: int = 0
     #: Guards the sets and flags above; held only briefly, also on the event loop.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    #: Held by the thread opening the session's first blob, which pins ``migration_id``.
-    pinning: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def link(self, channel: ChannelKey) -> None:
         """Count ``channel`` in; under the lock, as the sealing and opening threads read it."""
