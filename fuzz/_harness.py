@@ -5,20 +5,23 @@ A harness is one file, ``<decoder>_fuzzer.py``. It imports the project inside
 ``TestOneInput`` raises only on a finding: a ``GatewayError`` is the decoder refusing, which is
 its job; any other exception escaping, or an :class:`OracleFailure`, is a bug.
 
-Only the project is instrumented, through :func:`instrumented`; this module imports nothing of
-it outside that block, so a module first imported by any harness is always instrumented.
+Only the project is instrumented, through :func:`instrumented`. This module imports nothing of
+the project at load time, so whatever a harness imports inside that block is instrumented.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
 import random
 import struct
 import sys
 import types
+import typing
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -28,12 +31,16 @@ __all__ = [
     "LayoutMutator",
     "OracleFailure",
     "Pick",
+    "build_document",
     "check_codec",
     "check_refusal",
+    "edges",
+    "fits",
     "instrumented",
     "interesting_ints",
     "libfuzzer_mutate",
     "main",
+    "schema_modules",
 ]
 
 #: Chooses one of the options: ``random.Random.choice`` in a mutator, or
@@ -56,18 +63,43 @@ class OracleFailure(AssertionError):
     """The decoder did something its contract forbids (not merely raised)."""
 
 
-def instrumented() -> contextlib.AbstractContextManager[object]:
-    """Instrument the project's modules, and only those, that are imported inside the block."""
+def instrumented(*focus: str) -> contextlib.AbstractContextManager[object]:
+    """Instrument the project's modules that are imported inside the block: all of them, or
+    only those under the ``focus`` names (``"gateway.native"``, ``"schemas"``).
+
+    Instrumenting is most of a harness's start-up time, and ``import gateway`` loads the whole
+    package, so a harness names the code it tests; the rest runs uninstrumented.
+    """
     if not INSTRUMENT:
         return contextlib.nullcontext()
     try:
         import atheris
     except ImportError:  # replaying without the fuzz extra installed
         return contextlib.nullcontext()
+    exclude = [m for m in _project_modules() if focus and not _under(m, focus)]
     manager: contextlib.AbstractContextManager[object] = atheris.instrument_imports(
-        include=list(PROJECT_PACKAGES)
+        include=list(PROJECT_PACKAGES), exclude=exclude
     )
     return manager
+
+
+def _under(module: str, prefixes: Sequence[str]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+@functools.cache
+def _project_modules() -> tuple[str, ...]:
+    """Every module of the project packages, found on disk without importing anything."""
+    names = []
+    for package in PROJECT_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            for path in sorted(Path(folder).rglob("*.py")):
+                parts = path.relative_to(folder).with_suffix("").parts
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                names.append(".".join((package, *parts)))
+    return tuple(names)
 
 
 def main(
@@ -84,15 +116,13 @@ def main(
     atheris.Fuzz()
 
 
-with instrumented():
-    from gateway.errors import GatewayError, TooLarge
-
-
 # --- the oracle ------------------------------------------------------------------------------
 
 
-def check_refusal(error: GatewayError, size: int, limit: int | None = None) -> None:
+def check_refusal(error: Exception, size: int, limit: int | None = None) -> None:
     """A refusal is fine if it is the right one for an oversized input and its message is short."""
+    from gateway.errors import TooLarge  # here, not at the top: see instrumented()
+
     if limit is not None and size > limit and not isinstance(error, TooLarge):
         raise OracleFailure(
             f"{size}-byte input over the {limit}-byte limit refused as "
@@ -110,6 +140,8 @@ def check_codec(
     limit: int,
 ) -> None:
     """Refuse with a GatewayError, or decode to something that re-encodes to ``data`` exactly."""
+    from gateway.errors import GatewayError
+
     try:
         state = decode(data)
     except GatewayError as error:
@@ -155,7 +187,7 @@ def schema_modules(model: type) -> list[types.ModuleType]:
 
 
 @functools.cache
-def _edges(code: str) -> tuple[int, ...]:
+def edges(code: str) -> tuple[int, ...]:
     """Boundary values of a struct code: its ends, the sign bit, and the points where
     ``count * size`` wraps for small entry sizes."""
     bits = 8 * struct.calcsize("<" + code)
@@ -176,11 +208,15 @@ def libfuzzer_mutate(data: bytes, max_size: int) -> bytes:
     return mutated
 
 
-def _fits(code: str, value: int) -> bool:
+def fits(code: str, value: int) -> bool:
     bits = 8 * struct.calcsize("<" + code)
     if code.islower():
         return -(1 << (bits - 1)) <= value < 1 << (bits - 1)
     return 0 <= value < 1 << bits
+
+
+#: Inputs above this many bytes are usually shrunk before they are mutated (see _shrink).
+_LARGE = 4096
 
 
 class LayoutMutator:
@@ -218,13 +254,14 @@ class LayoutMutator:
 
     def __call__(self, data: bytes, max_size: int, seed: int) -> bytes:
         rng = random.Random(seed)
+        buf = self._plausible(data, rng)
+        if len(buf) > _LARGE and rng.random() < 0.9:
+            self._shrink(buf, rng)
         if rng.random() < 0.25:
-            data = self._mutate(data, max_size)
-            buf = bytearray(data)
+            buf = bytearray(self._mutate(bytes(buf), max_size))
             if len(buf) >= 8 and rng.random() < 0.9:
                 struct.pack_into("<4sI", buf, 0, self.magic, self.version)
             return bytes(buf[:max_size])
-        buf = self._plausible(data, rng)
         for _ in range(1 + (rng.random() < 0.3)):
             pick = rng.randrange(self._weight)
             for weight, operation in self._operations:
@@ -253,7 +290,7 @@ class LayoutMutator:
     def _write(self, buf: bytearray, where: tuple[int, str], value: int) -> None:
         offset, code = where
         bits = 8 * struct.calcsize("<" + code)
-        if not _fits(code, value):
+        if not fits(code, value):
             value &= (1 << bits) - 1
             if code.islower() and value >= 1 << (bits - 1):
                 value -= 1 << bits
@@ -262,7 +299,7 @@ class LayoutMutator:
     def _value(self, code: str, rng: random.Random, current: int) -> int:
         roll = rng.random()
         if roll < 0.4:
-            return rng.choice(_edges(code))
+            return rng.choice(edges(code))
         if roll < 0.7 and self.limits:
             return rng.choice(self.limits)
         if roll < 0.85:
@@ -293,10 +330,13 @@ class LayoutMutator:
         where = rng.choice(sized)
         current = self._read(buf, where)
         room = max(0, max_size - self.fixed)
-        value = rng.choice(
-            (0, 1, 2, current + 1, current - 1, current * 2, room, room + 1, rng.randrange(0, 64))
-            + tuple(v for v in self.limits if v <= room)[:8]
-        )
+        roll = rng.random()
+        if roll < 0.05:  # all the room there is, and past it: rare, since large inputs are slow
+            value = rng.choice((room, room + 1))
+        elif roll < 0.25:
+            value = rng.choice([v for v in self.limits if v <= room] or [0])
+        else:
+            value = rng.choice((0, 1, 2, current - 1, current + 1, min(2 * current, 4096)))
         self._write(buf, where, max(0, value))
         if rng.random() < 0.8:
             self._lay_out(buf, rng, max_size)
@@ -314,8 +354,20 @@ class LayoutMutator:
             buf,
             ptr,
             rng.choice(
-                (0, 1, self.fixed - 1, self.fixed, self.fixed + 1, cursor - 1, cursor, cursor + 1,
-                 len(buf) - 1, len(buf), len(buf) + 1, 0xFFFFFFFF)
+                (
+                    0,
+                    1,
+                    self.fixed - 1,
+                    self.fixed,
+                    self.fixed + 1,
+                    cursor - 1,
+                    cursor,
+                    cursor + 1,
+                    len(buf) - 1,
+                    len(buf),
+                    len(buf) + 1,
+                    0xFFFFFFFF,
+                )
             ),
         )
 
@@ -341,7 +393,7 @@ class LayoutMutator:
             offset = min(offset, len(buf) - 4)
         room = len(buf) - start - 4
         unit = rng.choice((1, 2, 4, 8, 12, 16, 20, 24))
-        value = rng.choice((room // unit, room // unit + 1, *_edges("I"), *self.limits))
+        value = rng.choice((room // unit, room // unit + 1, *edges("I"), *self.limits))
         self._write(buf, (offset, "I"), value)
         if rng.random() < 0.3:
             # Or make the room fit the count instead.
@@ -350,6 +402,12 @@ class LayoutMutator:
             if wanted <= max_size:
                 del buf[wanted:]
                 buf.extend(rng.randbytes(max(0, wanted - len(buf))))
+
+    def _shrink(self, buf: bytearray, rng: random.Random) -> None:
+        """Cut a large input's tail down. Large inputs are kept for the limits they reach, but
+        each costs milliseconds: without this they crowd out everything else."""
+        keep = self.fixed + rng.randrange(_LARGE)
+        del buf[keep:]
 
     def _length(self, buf: bytearray, rng: random.Random, max_size: int) -> None:
         delta = rng.choice((-4, -2, -1, 1, 2, 4))
@@ -379,3 +437,77 @@ class LayoutMutator:
             taken += len(chunk)
             self._write(buf, ptr, len(buf) if length else 0)
             buf.extend(chunk + rng.randbytes(length - len(chunk)))
+
+
+# --- documents from fuzz data ----------------------------------------------------------------
+
+#: The widest integers a document may carry (msgpack's range).
+_INT_RANGE = (-(1 << 63), (1 << 64) - 1)
+_WRONG: tuple[Any, ...] = (None, "x", -1, 1 << 63, b"", (), {}, 1.5, True)
+
+
+def build_document(fdp: Any, model: type) -> Any:
+    """A document for a pydantic ``model`` drawn from a ``FuzzedDataProvider``: the model's
+    shape, each value at or next to a bound the schema declares (or drawn between them), and
+    now and then a missing member, an extra one or a value of the wrong type."""
+    return _build(fdp, model, (), 0)
+
+
+def _bound(metadata: Sequence[Any], name: str) -> int | None:
+    for item in metadata:
+        value = getattr(item, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _build(fdp: Any, annotation: Any, metadata: Sequence[Any], depth: int) -> Any:
+    if depth > 8 or fdp.ConsumeProbability() < 0.01:
+        return fdp.PickValueInList(list(_WRONG))
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        extra = [m for item in args[1:] for m in (getattr(item, "metadata", None) or [item])]
+        return _build(fdp, args[0], (*metadata, *extra), depth)
+    if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+        document = {}
+        for name, info in annotation.model_fields.items():
+            if fdp.ConsumeProbability() >= 0.01:
+                document[name] = _build(fdp, info.annotation, tuple(info.metadata), depth + 1)
+        if fdp.ConsumeProbability() < 0.01:
+            document["extra"] = 0
+        return document
+    if origin in (typing.Union, types.UnionType):
+        return _build(fdp, fdp.PickValueInList(list(args)), metadata, depth)
+    if origin is typing.Literal:
+        return fdp.PickValueInList([*args, "other"])
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            most = _bound(metadata, "max_length") or 16
+            count = fdp.PickValueInList([0, 1, 2, 3, 4, min(most, 64), min(most + 1, 65)])
+            return [_build(fdp, args[0], (), depth + 1) for _ in range(count)]
+        return [_build(fdp, arg, (), depth + 1) for arg in args]
+    if annotation is bool:
+        return fdp.ConsumeBool()
+    if annotation is int:
+        low = _bound(metadata, "ge")
+        if low is None and (above := _bound(metadata, "gt")) is not None:
+            low = above + 1
+        high = _bound(metadata, "le")
+        if high is None and (below := _bound(metadata, "lt")) is not None:
+            high = below - 1
+        low = _INT_RANGE[0] if low is None else low
+        high = _INT_RANGE[1] if high is None else high
+        if low > high or fdp.ConsumeProbability() < 0.05:  # just outside, now and then
+            value = fdp.PickValueInList([low - 1, high + 1])
+        else:  # inside, mostly at an edge, so that whole documents are often valid
+            inside = [low, low + 1, high - 1, high, *(v for v in (0, 1) if low <= v <= high)]
+            value = fdp.PickValueInList([*inside, fdp.ConsumeIntInRange(low, high)])
+        return max(_INT_RANGE[0], min(_INT_RANGE[1], value))
+    if annotation is bytes:
+        most = _bound(metadata, "max_length") or 64
+        sizes = [0, 1, 2, 8, 12, 19, 20, 32, min(most, 1024)]
+        size = most + 1 if fdp.ConsumeProbability() < 0.05 else fdp.PickValueInList(sizes)
+        return fdp.ConsumeBytes(min(size, 1 << 16))
+    if annotation is str:
+        return fdp.ConsumeUnicode(8)
+    return None

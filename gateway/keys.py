@@ -241,11 +241,26 @@ def _parse_iso(text: str, where: str) -> int:
     return int(parsed.timestamp())
 
 
+def _member(name: str) -> str:
+    """A member name fit for an error message: short known-looking names quoted, others not.
+
+    An arbitrary name could be long, or hold secret digits pasted in the wrong place.
+    """
+    if len(name) <= 24 and name.replace("_", "").isalpha() and name.isascii():
+        return repr(name)
+    return f"<a {len(name)}-character name>"
+
+
+def _members(names: list[str]) -> str:
+    shown = ", ".join(_member(name) for name in names[:4])
+    return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in pairs:
         if name in out:
-            raise KeyringError(f"duplicate JSON member {name!r}")
+            raise KeyringError(f"duplicate JSON member {_member(name)}")
         out[name] = value
     return out
 
@@ -266,7 +281,7 @@ def _key_from_json(entry: object, index: int) -> Key:
         raise KeyringError(f"{where} is not an object")
     allowed = {"id", "state", "created", "secret"}
     if extra := sorted(set(entry) - allowed):
-        raise KeyringError(f"{where}: unknown member(s) {', '.join(map(repr, extra))}")
+        raise KeyringError(f"{where}: unknown member(s) {_members(extra)}")
     key_id = _hex_field(entry, "id", KEY_ID_SIZE, where)
     try:
         state = KeyState(entry.get("state"))
@@ -296,7 +311,7 @@ def parse_keyring(text: str | bytes) -> Keyring:
     if not isinstance(doc, dict):
         raise KeyringError("keyring must be a JSON object")
     if extra := sorted(set(doc) - {"kind", "version", "keys"}):
-        raise KeyringError(f"unknown member(s) {', '.join(map(repr, extra))}")
+        raise KeyringError(f"unknown member(s) {_members(extra)}")
     if doc.get("kind") != FILE_KIND:
         raise KeyringError(f"'kind' must be {FILE_KIND!r}")
     if doc.get("version") != FILE_VERSION:

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""The envelope's post-authentication layer: msgpack bytes -> strict schema model, fed directly.
+
+Input: one byte choosing the schema (an entry of the registry, as the authenticated context
+would), then the decrypted payload. What the fuzzer reaches here only a holder of a valid key
+could send, so this is defence in depth; it runs without the sealing cost.
+
+``gateway.envelope`` exposes no public function for this step: the harness calls its msgpack
+layer (``_unpack``, every limit set) and validates as ``open_envelope`` does.
+
+Oracle: only GatewayError escapes; a payload nested deeper than the policy allows is refused by
+the msgpack limits (MalformedInput), never left for the schema to trip over; an accepted state
+re-encodes natively and survives the sealer's own msgpack encoding unchanged.
+"""
+
+import _harness
+
+with _harness.instrumented("gateway.envelope", "schemas"):
+    from gateway import envelope, native
+    from gateway.envelope import DEFAULT_POLICY
+    from gateway.errors import GatewayError, MalformedInput
+    from gateway.native._layout import schema_error
+    from schemas import StateModel, entries
+
+import msgpack
+from pydantic import ValidationError
+
+__all__ = ["SCHEMAS", "TestOneInput", "check", "decode_payload", "depth"]
+
+#: (channel, schema version, model) in registry order; the input's first byte picks one.
+SCHEMAS = list(entries())
+
+
+def decode_payload(payload: bytes, model: type[StateModel], channel: str) -> StateModel:
+    """What open_envelope does between decryption and the context checks."""
+    obj = envelope._unpack(payload, DEFAULT_POLICY)
+    try:
+        return model.model_validate(obj)
+    except ValidationError as error:
+        raise schema_error(channel, error) from None
+
+
+def depth(payload: bytes) -> int | None:
+    """Nesting depth of the containers in ``payload`` (the root container is 1), read by a
+    plain unpacker; None when it cannot read it."""
+    try:
+        obj = msgpack.unpackb(payload, raw=True, strict_map_key=False, use_list=False)
+    except Exception:
+        return None
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, tuple):
+            children = list(item)
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def TestOneInput(data: bytes) -> None:
+    if data:
+        check(data[0], data[1:])
+
+
+def check(selector: int, payload: bytes) -> None:
+    """The oracle, for the schema ``selector`` picks and a payload."""
+    channel, _, model = SCHEMAS[selector % len(SCHEMAS)]
+    try:
+        state = decode_payload(payload, model, channel.name.lower())
+    except GatewayError as error:
+        _harness.check_refusal(error, len(payload), DEFAULT_POLICY.max_blob_size)
+        if not isinstance(error, MalformedInput):
+            nesting = depth(payload)
+            if nesting is not None and nesting > DEFAULT_POLICY.max_depth:
+                raise _harness.OracleFailure(
+                    f"payload nested {nesting} deep (limit {DEFAULT_POLICY.max_depth}) reached "
+                    f"the schema and was refused as {type(error).__name__}"
+                ) from error
+        return
+    if native.decode(channel, native.encode(state, channel)) != state:
+        raise _harness.OracleFailure("accepted state does not survive native encoding")
+    resealed = msgpack.packb(state.model_dump(mode="python"), use_bin_type=True)
+    if decode_payload(resealed, model, channel.name.lower()) != state:
+        raise _harness.OracleFailure("accepted state does not survive the sealer's encoding")
+
+
+if __name__ == "__main__":
+    _harness.main(TestOneInput)

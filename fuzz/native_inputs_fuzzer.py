@@ -1,0 +1,21 @@
+#!/usr/bin/env python3
+"""Native decoder of the inputs channel (``ICMD``: unacknowledged motion), raw bytes.
+
+Oracle: a GatewayError, or a model that re-encodes to the very same bytes; oversized input is
+refused as TooLarge.
+"""
+
+import _harness
+
+with _harness.instrumented("gateway.native", "schemas"):
+    from gateway.native import inputs
+
+LAYOUT = inputs.LAYOUT
+
+
+def TestOneInput(data: bytes) -> None:
+    _harness.check_codec(data, inputs.decode, inputs.encode, LAYOUT.max_size)
+
+
+if __name__ == "__main__":
+    _harness.main(TestOneInput)
