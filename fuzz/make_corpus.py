@@ -830,6 +830,92 @@ def keyring_seeds() -> Seeds:
     return seeds
 
 
+# --- proxy configs ---------------------------------------------------------------------------
+
+
+_CONFIG = """host_id = "host-a"
+keyring = "/etc/spice-migration-gateway/keyring.json"
+replay_db = "/var/lib/spice-migration-gateway/replay.sqlite"
+control_socket = "/run/spice-migration-gateway/control.sock"
+
+[limits]
+max_connections = 64
+max_message_size = 1048576
+max_buffered_bytes = 65536
+link_timeout = 5.0
+shutdown_grace = 0
+blob_ttl = 300
+clock_skew = 5
+
+[[peers]]
+host_id = "host-b"
+addresses = ["192.0.2.12:5901", "[2001:db8::2]:5901"]
+
+[[routes]]
+name = "web01"
+listen = "192.0.2.11:5901"
+upstream = "127.0.0.1:15901"
+vm_id = "9b1c1f1e-5a38-4d3f-a3f0-6a2b8d1c7e42"
+tls_cert = "/etc/pki/cert.pem"
+tls_key = "/etc/pki/key.pem"
+upstream_tls = true
+upstream_ca = "/etc/pki/ca.pem"
+upstream_server_name = "localhost"
+"""
+
+
+def proxy_config_seeds() -> Seeds:
+    full = _CONFIG.encode()
+    minimal = b"\n".join(
+        line
+        for line in full.splitlines()
+        if not line.startswith((b"tls_", b"upstream_", b"control_socket"))
+    )
+    seeds = Seeds(inputs=[full, minimal])
+    route = full[full.index(b"[[routes]]") :]
+    seeds.inputs += [
+        full + b"\n" + route,
+        full + b"\n" + route.replace(b"web01", b"db01"),
+        full + b"\n" + route.replace(b"web01", b"db01").replace(b"192.0.2.11", b"192.0.2.13"),
+        full.replace(b"upstream_tls = true", b"upstream_tls = false"),
+        full + b"#" * (1024 * 1024),
+        full.replace(b'host_id = "host-b"', b'host_id = "host-a"'),
+        full.replace(b"192.0.2.11:5901", b"192.0.2.11:0"),
+        full.replace(b"9b1c1f1e-5a38-4d3f-a3f0-6a2b8d1c7e42", b"not-a-uuid"),
+        full.replace(b"blob_ttl = 300", b"blob_ttl = 0"),
+        full.replace(b'tls_key = "/etc/pki/key.pem"\n', b""),
+        full + b"unknown = 1\n",
+        b"",
+        b"host_id = 1",
+        b"[" * 2000,
+        b"\xff",
+    ]
+    seeds.words = [
+        b"host_id",
+        b"keyring",
+        b"replay_db",
+        b"control_socket",
+        b"[limits]",
+        b"[[peers]]",
+        b"[[routes]]",
+        b"addresses",
+        b"listen",
+        b"upstream",
+        b"vm_id",
+        b"tls_cert",
+        b"tls_key",
+        b"upstream_tls",
+        b"upstream_ca",
+        b"127.0.0.1:5900",
+        b"[::1]:5900",
+        b":65535",
+        b":65536",
+        b"true",
+        b"1e308",
+    ]
+    return seeds
+
+
 _DROP = object()
 
 
@@ -849,6 +935,7 @@ def generate(harness: _table.Harness) -> Seeds | None:
         "envelope_payload": payload_seeds,
         "envelope_payload_structured": builder_seeds,
         "keyring": keyring_seeds,
+        "proxy_config": proxy_config_seeds,
     }
     generator = generators.get(name)
     return generator() if generator else None
