@@ -5,8 +5,8 @@ Input: one byte choosing the schema (an entry of the registry, as the authentica
 would), then the decrypted payload. What the fuzzer reaches here only a holder of a valid key
 could send, so this is defence in depth; it runs without the sealing cost.
 
-``gateway.envelope`` exposes no public function for this step: the harness calls its msgpack
-layer (``_unpack``, every limit set) and validates as ``open_envelope`` does.
+The step is ``gateway.envelope.decode_state``, the very function ``verify`` calls after
+decryption.
 
 Oracle: only GatewayError escapes; a payload nested deeper than the policy allows is refused by
 the msgpack limits (MalformedInput), never left for the schema to trip over; an accepted state
@@ -19,11 +19,9 @@ with _harness.instrumented("gateway.envelope", "schemas"):
     from gateway import envelope, native
     from gateway.envelope import DEFAULT_POLICY
     from gateway.errors import GatewayError, MalformedInput
-    from gateway.native._layout import schema_error
-    from schemas import StateModel, entries
+    from schemas import ChannelType, StateModel, entries
 
 import msgpack
-from pydantic import ValidationError
 
 __all__ = ["SCHEMAS", "TestOneInput", "check", "decode_payload", "depth"]
 
@@ -31,13 +29,9 @@ __all__ = ["SCHEMAS", "TestOneInput", "check", "decode_payload", "depth"]
 SCHEMAS = list(entries())
 
 
-def decode_payload(payload: bytes, model: type[StateModel], channel: str) -> StateModel:
+def decode_payload(payload: bytes, channel: ChannelType, version: int) -> StateModel:
     """What open_envelope does between decryption and the context checks."""
-    obj = envelope._unpack(payload, DEFAULT_POLICY)
-    try:
-        return model.model_validate(obj)
-    except ValidationError as error:
-        raise schema_error(channel, error) from None
+    return envelope.decode_state(payload, channel, version, policy=DEFAULT_POLICY)
 
 
 def depth(payload: bytes) -> int | None:
@@ -68,9 +62,9 @@ def TestOneInput(data: bytes) -> None:
 
 def check(selector: int, payload: bytes) -> None:
     """The oracle, for the schema ``selector`` picks and a payload."""
-    channel, _, model = SCHEMAS[selector % len(SCHEMAS)]
+    channel, version, _ = SCHEMAS[selector % len(SCHEMAS)]
     try:
-        state = decode_payload(payload, model, channel.name.lower())
+        state = decode_payload(payload, channel, version)
     except GatewayError as error:
         _harness.check_refusal(error, len(payload), DEFAULT_POLICY.max_blob_size)
         if not isinstance(error, MalformedInput):
@@ -84,7 +78,7 @@ def check(selector: int, payload: bytes) -> None:
     if native.decode(channel, native.encode(state, channel)) != state:
         raise _harness.OracleFailure("accepted state does not survive native encoding")
     resealed = msgpack.packb(state.model_dump(mode="python"), use_bin_type=True)
-    if decode_payload(resealed, model, channel.name.lower()) != state:
+    if decode_payload(resealed, channel, version) != state:
         raise _harness.OracleFailure("accepted state does not survive the sealer's encoding")
 
 

@@ -51,14 +51,13 @@ from gateway.errors import (
     GatewayError,
     MalformedInput,
     NotYetValid,
-    SchemaViolation,
     TooLarge,
     Truncated,
     UnaccountedBytes,
     UnsupportedVersion,
+    schema_violation,
 )
 from gateway.keys import Key, Keyring
-from gateway.native._layout import schema_error
 from gateway.replay import ReplayGuard
 from schemas import ChannelType, StateModel, model_for
 from schemas.chardev import MAX_PENDING_WRITE
@@ -81,6 +80,7 @@ __all__ = [
     "Opened",
     "Policy",
     "Verified",
+    "decode_state",
     "open_envelope",
     "read_header",
     "seal",
@@ -138,8 +138,10 @@ ANY_MIGRATION: Final = _Any.ANY
 
 def _check_host(value: str, name: str) -> None:
     # isprintable() is False for surrogates, so encode() cannot fail after it.
-    if not isinstance(value, str) or not value.isprintable() or not (
-        1 <= len(value.encode()) <= MAX_HOST_ID
+    if (
+        not isinstance(value, str)
+        or not value.isprintable()
+        or not (1 <= len(value.encode()) <= MAX_HOST_ID)
     ):
         raise ConfigError(f"{name} must be 1 to {MAX_HOST_ID} bytes of printable UTF-8")
 
@@ -388,9 +390,7 @@ def _read_host(data: bytes, offset: int, name: str) -> tuple[str, int]:
         raise MalformedInput(f"context: {name} is not UTF-8") from None
     # The length byte bounds the size from above; Context's other host rules apply as well.
     if not host or not host.isprintable():
-        raise MalformedInput(
-            f"context: {name} must be 1 to {MAX_HOST_ID} bytes of printable UTF-8"
-        )
+        raise MalformedInput(f"context: {name} must be 1 to {MAX_HOST_ID} bytes of printable UTF-8")
     return host, end
 
 
@@ -591,6 +591,26 @@ def _unpack(payload: bytes, policy: Policy) -> object:
     return obj
 
 
+def decode_state(
+    payload: bytes,
+    channel_type: ChannelType,
+    schema_version: int,
+    *,
+    policy: Policy = DEFAULT_POLICY,
+) -> StateModel:
+    """The layer after authentication: msgpack with every limit set, then the strict model of
+    ``channel_type`` at ``schema_version``. Public so that it can be fuzzed and reused alone;
+    :func:`verify` calls it only on a decrypted, authenticated payload."""
+    obj = _unpack(payload, policy)
+    model = model_for(channel_type, schema_version)
+    if model is None:
+        raise UnsupportedVersion(f"no schema v{schema_version} for channel {channel_type.name}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise schema_violation(channel_type.name.lower(), exc) from None
+
+
 def _compare(expected: ExpectedContext, got: Context) -> None:
     checks: tuple[tuple[str, bool], ...] = (
         ("channel_type", got.channel_type == expected.channel_type),
@@ -682,19 +702,8 @@ def verify(
         raise AuthenticationFailed("envelope: ciphertext does not verify") from None
 
     context, issued_at, expires_at = _decode_context(blob[HEADER_SIZE:context_end], expected)
-    obj = _unpack(payload, policy)
+    state = decode_state(payload, context.channel_type, context.schema_version, policy=policy)
     del payload  # the state holds its own copy of any large bytes; free this one early
-    model = model_for(context.channel_type, context.schema_version)
-    if model is None:
-        raise UnsupportedVersion(
-            f"no schema v{context.schema_version} for channel {context.channel_type.name}"
-        )
-    try:
-        state = model.model_validate(obj)
-    except ValidationError as exc:
-        raise schema_error(context.channel_type.name.lower(), exc) from None
-    except (ValueError, TypeError) as exc:  # pragma: no cover - pydantic wraps these
-        raise SchemaViolation(f"{context.channel_type.name.lower()}: {exc}") from None
 
     _compare(expected, context)
     clock = _check_time(time.time() if now is None else now, "now")

@@ -7,6 +7,11 @@ large inputs or secret material: callers may log them verbatim.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "AuthenticationFailed",
     "BadMagic",
@@ -31,6 +36,7 @@ __all__ = [
     "UnaccountedBytes",
     "UnknownKey",
     "UnsupportedVersion",
+    "schema_violation",
 ]
 
 
@@ -143,3 +149,20 @@ class KeyringError(GatewayError):
 
 class ConfigError(GatewayError):
     """A configuration file that cannot be used."""
+
+
+def schema_violation(channel: str, error: ValidationError) -> SchemaViolation:
+    """A pydantic ValidationError as a SchemaViolation: the failing fields, never the input,
+    and short (locations and messages are cut, at most three problems are named)."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False)[:3]:
+        where = ".".join(_short(str(part), 40) for part in item["loc"]) or "state"
+        problems.append(f"{where}: {_short(item['msg'], 160)}")
+    more = error.error_count() - len(problems)
+    suffix = f" (+{more} more)" if more > 0 else ""
+    return SchemaViolation(f"{channel}: " + "; ".join(problems) + suffix)
+
+
+def _short(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -10,8 +10,7 @@ from pydantic import ValidationError
 
 from gateway import native
 from gateway.cli._io import read_input, write_output
-from gateway.errors import SchemaViolation
-from gateway.native._layout import schema_error
+from gateway.errors import SchemaViolation, schema_violation
 
 __all__ = ["add_parsers"]
 
@@ -58,7 +57,7 @@ def _encode(args: argparse.Namespace) -> int:
     try:
         state = layout.model.model_validate_json(text)
     except ValidationError as error:
-        raise schema_error(layout.channel, error) from None
+        raise schema_violation(layout.channel, error) from None
     except ValueError as error:  # pragma: no cover - pydantic reports JSON errors as above
         raise SchemaViolation(f"{layout.channel}: {error}") from None
     write_output(args.out, native.encode(state, channel))

@@ -32,6 +32,7 @@ from gateway.errors import (
     Truncated,
     UnaccountedBytes,
     UnsupportedVersion,
+    schema_violation,
 )
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "Field",
     "Layout",
     "TailBlock",
-    "schema_error",
 ]
 
 #: Largest payload any decoder accepts unless told otherwise; checked before anything is read.
@@ -174,22 +174,6 @@ def _compile_getter(fields: Sequence[Field]) -> Callable[[Any, Sequence[int]], t
     return _compile("get", "def get(s, p):\n    return (" + ", ".join(items) + ",)\n")
 
 
-def schema_error(channel: str, error: ValidationError) -> SchemaViolation:
-    """A SchemaViolation naming the failing fields, never the input, and short."""
-    problems = []
-    for item in error.errors(include_input=False, include_url=False)[:3]:
-        where = ".".join(_short(str(part), 40) for part in item["loc"]) or "state"
-        problems.append(f"{where}: {_short(item['msg'], 160)}")
-    more = error.error_count() - len(problems)
-    suffix = f" (+{more} more)" if more > 0 else ""
-    return SchemaViolation(f"{channel}: " + "; ".join(problems) + suffix)
-
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 class Layout(Generic[M]):
     """A payload layout: header, packed fixed part, tail blocks in creation order."""
 
@@ -289,7 +273,7 @@ class Layout(Generic[M]):
         try:
             return self.model.model_validate(self._build(values))
         except ValidationError as error:
-            raise schema_error(self.channel, error) from None
+            raise schema_violation(self.channel, error) from None
 
     def _decode_block(
         self, block: BytesBlock | TailBlock, data: bytes, raw: tuple[Any, ...], cursor: int
