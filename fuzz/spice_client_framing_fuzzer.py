@@ -15,7 +15,7 @@ import struct
 
 import _harness
 
-with _harness.instrumented():
+with _harness.instrumented("gateway.spice"):
     from gateway.errors import GatewayError
     from gateway.spice import ChannelType, Direction, HeaderKind, SpiceConnection
     from gateway.spice.events import Event, Passthrough

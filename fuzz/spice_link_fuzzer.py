@@ -17,7 +17,7 @@ unit when nothing was refused.
 
 import _harness
 
-with _harness.instrumented():
+with _harness.instrumented("gateway.spice"):
     from gateway.errors import GatewayError
     from gateway.spice import ChannelType, Direction, LinkError, SpiceConnection
     from gateway.spice.link import encode_link_result
