@@ -22,7 +22,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="print a native migration payload as JSON",
         description=(
             "Decode spice-server's native MIGRATE_DATA body for CHANNEL strictly and print "
-            "the validated model as JSON."
+            "the validated model as JSON. Byte fields are base64 in the URL-safe alphabet "
+            "('-' and '_'); encode accepts either alphabet."
         ),
     )
     decode.add_argument("--channel", required=True, choices=channels)
