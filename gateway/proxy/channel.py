@@ -51,9 +51,12 @@ from gateway.spice.events import (
 from gateway.spice.messages import (
     ClientMigrateData,
     MainInit,
+    Migrate,
     MigrateBeginSeamless,
     MigrateCancel,
     MigrateData,
+    MigrateDstDoSeamless,
+    MigrateFlushMark,
     MigrateSwitchHost,
 )
 
@@ -120,6 +123,10 @@ class ChannelHandler:
         self.session: Session | None = None
         #: A refusal was audited and counted here (the caller need not count it again).
         self.refused = False
+        #: The client linked with a session id: on main, only then is it a migration target.
+        self.connection_id = 0
+        #: The server asked this channel for a flush mark (MIGRATE with NEED_FLUSH).
+        self.flush_requested = False
 
     # --- what the caller uses -----------------------------------------------------------------
 
@@ -141,11 +148,13 @@ class ChannelHandler:
             if isinstance(migration, ClientMigrateData):
                 return reframe(event, self._open(migration.payload))
             if migration is not None:
+                self._guard(migration)
                 self._observe(migration)
             return event.raw
         if isinstance(event, LinkMessReceived):
             self.channel_type = event.mess.channel_type
             self.channel_id = event.mess.channel_id
+            self.connection_id = event.mess.connection_id
             if event.mess.connection_id:
                 self._attach(event.mess.connection_id)
             if self.session is not None and self.channel_type in DATA_CHANNELS:
@@ -210,6 +219,31 @@ class ChannelHandler:
                 return
             self.state.sessions.detach(self.session)
         self.session = self.state.sessions.attach(self.route.name, session_id)
+
+    def _guard(self, message: object) -> None:
+        """Refuse the two client messages that make spice-server abort when unexpected.
+
+        spice-server calls abort() on a FLUSH_MARK it did not ask for (any channel), and on
+        MIGRATE_DST_DO_SEAMLESS on a main channel that is not a migration target (linked with
+        connection id 0). A real client sends neither; closing the channel keeps QEMU alive.
+        """
+        if isinstance(message, Migrate):
+            self.flush_requested = message.need_flush
+        elif isinstance(message, MigrateFlushMark):
+            if not self.flush_requested:
+                self.refuse(
+                    "protocol",
+                    ProtocolError(f"{self.channel}: FLUSH_MARK the server did not ask for"),
+                )
+            self.flush_requested = False
+        elif isinstance(message, MigrateDstDoSeamless) and not self.connection_id:
+            self.refuse(
+                "protocol",
+                ProtocolError(
+                    f"{self.channel}: MIGRATE_DST_DO_SEAMLESS on a main channel that is not "
+                    "a migration target"
+                ),
+            )
 
     def _observe(self, message: object) -> None:
         """Track the main channel's migration messages; they pass through unchanged."""

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.proxy import server as server_module
 from gateway.proxy.server import READ_SIZE
-from gateway.spice.constants import AuthMechanism, ChannelType, Direction, Msgc
+from gateway.spice.constants import AuthMechanism, ChannelType, Direction, MainMsgc, Msg, Msgc
 from gateway.spice.link import LinkMess
 from gateway.spice.messages import encode_data_message
 from gateway.spice.scripted import client_link
@@ -141,6 +141,51 @@ async def test_malformed_migration_message_closes_its_channel(
         assert await legs.client_source.frames_until_closed() == []
         assert "body must be empty" in logs.messages("closing channel")[0]["detail"]
         await ping_pong(session)
+
+
+async def test_unrequested_flush_mark_never_reaches_the_server(
+    proxies: Proxies, logs: LogRecords
+) -> None:
+    """spice-server aborts on a FLUSH_MARK it did not ask for: the proxy closes the channel."""
+    async with proxies.pair() as rig:
+        session = rig.session(0xE5, channels=[MAIN, DISPLAY])
+        await session.link_source()
+        legs = session.leg(DISPLAY)
+        await legs.client_source.send(Msgc.MIGRATE_FLUSH_MARK, b"")
+        assert await legs.server_source.frames_until_closed() == []
+        assert await legs.client_source.frames_until_closed() == []
+        (refusal,) = logs.audit("channel_refused")
+        assert refusal["reason"] == "protocol"
+        assert "FLUSH_MARK" in refusal["detail"]
+        await ping_pong(session)
+
+
+async def test_requested_flush_mark_passes_once(proxies: Proxies, logs: LogRecords) -> None:
+    async with proxies.pair() as rig:
+        session = rig.session(0xE6, channels=[MAIN, DISPLAY])
+        await session.link_source()
+        legs = session.leg(DISPLAY)
+        await legs.server_source.send(Msg.MIGRATE, struct.pack("<I", 1))  # NEED_FLUSH only
+        assert (await legs.client_source.recv()).msg_type == Msg.MIGRATE
+        await legs.client_source.send(Msgc.MIGRATE_FLUSH_MARK, b"")
+        assert (await legs.server_source.recv()).msg_type == Msgc.MIGRATE_FLUSH_MARK
+        await legs.client_source.send(Msgc.MIGRATE_FLUSH_MARK, b"")  # a second one: refused
+        assert await legs.server_source.frames_until_closed() == []
+        assert logs.audit("channel_refused")[0]["reason"] == "protocol"
+
+
+async def test_dst_do_seamless_on_a_new_session_is_refused(
+    proxies: Proxies, logs: LogRecords
+) -> None:
+    """DST_DO_SEAMLESS on a main channel linked with connection id 0 aborts spice-server."""
+    async with proxies.pair() as rig:
+        session = rig.session(0xE7, channels=[MAIN])
+        await session.link_source()
+        legs = session.main
+        await legs.client_source.send(MainMsgc.MIGRATE_DST_DO_SEAMLESS, struct.pack("<I", 1))
+        assert await legs.server_source.frames_until_closed() == []
+        (refusal,) = logs.audit("channel_refused")
+        assert "not a migration target" in refusal["detail"]
 
 
 async def test_slow_client_gets_everything_and_holds_back_only_its_server(
