@@ -37,6 +37,7 @@ __all__ = [
     "UnknownKey",
     "UnsupportedVersion",
     "schema_violation",
+    "shorten",
 ]
 
 
@@ -156,13 +157,14 @@ def schema_violation(channel: str, error: ValidationError) -> SchemaViolation:
     and short (locations and messages are cut, at most three problems are named)."""
     problems = []
     for item in error.errors(include_input=False, include_url=False)[:3]:
-        where = ".".join(_short(str(part), 40) for part in item["loc"]) or "state"
-        problems.append(f"{where}: {_short(item['msg'], 160)}")
+        where = ".".join(shorten(str(part), 40) for part in item["loc"]) or "state"
+        problems.append(f"{where}: {shorten(item['msg'], 160)}")
     more = error.error_count() - len(problems)
     suffix = f" (+{more} more)" if more > 0 else ""
     return SchemaViolation(f"{channel}: " + "; ".join(problems) + suffix)
 
 
-def _short(text: str, limit: int) -> str:
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters: error messages never grow with input."""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

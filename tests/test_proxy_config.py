@@ -303,3 +303,23 @@ def test_messages_do_not_echo_values() -> None:
     secret = "s3cr3t-value-that-must-not-appear"
     message = refused(MINIMAL.replace('host_id = "h"', f'host_id = "{secret} x"'))
     assert secret not in message
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        'listen = "127.0.0.1:5930' + "#" * 5000 + '"',
+        'listen = "127.0.0.1:' + "9" * 5000 + '"',
+        'listen = "[2001:db8::2' + "#" * 5000 + ']:5930"',
+    ],
+)
+def test_refusal_stays_short_whatever_the_input(field: str) -> None:
+    """Found by proxy_config_fuzzer: an address of any length used to be quoted whole."""
+    text = (
+        'host_id = "a"\nkeyring = "k"\nreplay_db = "r"\n[[routes]]\nname = "vm"\n'
+        f'{field}\nupstream = "127.0.0.1:5900"\nvm_id = "9b1c1f1e-5a38-4d3f-a3f0-6a2b8d1c7e42"\n'
+    )
+    with pytest.raises(ConfigError) as refused:
+        parse_config(text.encode())
+    assert "routes.0.listen" in str(refused.value)
+    assert len(str(refused.value)) < 400

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, shorten
 
 __all__ = ["Limits", "Peer", "ProxyConfig", "Route", "load_config", "parse_address"]
 
@@ -24,10 +24,10 @@ def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port)."""
     host, sep, port_text = text.rpartition(":")
     if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"{text!r} is not HOST:PORT")
-    port = int(port_text)
+        raise ValueError(f"{shorten(repr(text), 60)} is not HOST:PORT")
+    port = int(port_text) if len(port_text) <= 5 else 0
     if not 0 < port < 65536:
-        raise ValueError(f"port {port} out of range")
+        raise ValueError(f"port {shorten(port_text, 12)} out of range")
     if host.startswith("[") and host.endswith("]"):
         host = str(ipaddress.IPv6Address(host[1:-1]))
     return host, port
@@ -149,9 +149,10 @@ def _problems(error: ValidationError) -> str:
             other[: len(loc)] == loc and len(other) > len(loc) for other in locations
         ):
             continue
-        where = ".".join(str(part) for part in loc) or "config"
-        problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
-    return "; ".join(problems[:5])
+        where = ".".join(shorten(str(part), 40) for part in loc) or "config"
+        problems.append(f"{where}: {shorten(item['msg'].removeprefix('Value error, '), 120)}")
+    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    return shorten("; ".join(problems[:3]), 600) + more
 
 
 def parse_config(text: bytes, origin: str = "config") -> ProxyConfig:
