@@ -332,10 +332,9 @@ class DstInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class MigrateBegin(MigrationMessage):
-    """``SPICE_MSG_MAIN_MIGRATE_BEGIN``: semi-seamless "connect to the destination"."""
+class _DstInfoMessage(MigrationMessage):
+    """A main-channel message whose whole body is one DstInfo."""
 
-    MSG_TYPE = MainMsg.MIGRATE_BEGIN
     DIRECTION = Direction.SERVER_TO_CLIENT
 
     dst_info: DstInfo
@@ -349,20 +348,17 @@ class MigrateBegin(MigrationMessage):
 
 
 @dataclass(frozen=True, slots=True)
-class MigrateSwitchHost(MigrationMessage):
+class MigrateBegin(_DstInfoMessage):
+    """``SPICE_MSG_MAIN_MIGRATE_BEGIN``: semi-seamless "connect to the destination"."""
+
+    MSG_TYPE = MainMsg.MIGRATE_BEGIN
+
+
+@dataclass(frozen=True, slots=True)
+class MigrateSwitchHost(_DstInfoMessage):
     """``SPICE_MSG_MAIN_MIGRATE_SWITCH_HOST``: legacy "reconnect there after migration"."""
 
     MSG_TYPE = MainMsg.MIGRATE_SWITCH_HOST
-    DIRECTION = Direction.SERVER_TO_CLIENT
-
-    dst_info: DstInfo
-
-    def encode_body(self) -> bytes:
-        return self.dst_info.encode_with()
-
-    @classmethod
-    def decode_body(cls, body: bytes) -> Self:
-        return cls(DstInfo.decode_from(body, fixed=DST_INFO_SIZE, what=cls.__name__))
 
 
 @dataclass(frozen=True, slots=True)
