@@ -465,17 +465,16 @@ def test_replayed_main_blob_is_refused(e2e_rig: Rig, relays: list[Relay], hosts:
     deployment = deploy_proxied(e2e_rig, relays, hosts, tamper=tamper)
     migrate_with_refusals(deployment, {"main": None}, others_complete=False)
 
-    # Why it was refused depends on which blob reached the target proxy first: the first one
-    # it accepts pins the migration id, and the old blob carries the old id; if the old blob
-    # came first, its id is consumed in the replay database.
+    # Why it was refused depends on timing: if the old blob is checked before a fresh blob of
+    # this migration pins the session's migration id, it passes the context check and the
+    # replay database refuses it; afterwards the old migration id itself is refused. (The
+    # session's id in the audit record only says whether a pin happened by the time of the
+    # record, not which came first, so it cannot tell the two apart.)
     (refusal,) = deployment.proxies["target"].audit("channel_refused")
-    if refusal["migration"] is None:
-        assert refusal["error"] == "Replayed", refusal
-    else:
-        assert (refusal["error"], refusal["detail"]) == (
-            "ContextMismatch",
-            "context field 'migration_id' does not match (main channel 0)",
-        ), refusal
+    assert (refusal["error"], refusal["detail"]) == (
+        "ContextMismatch",
+        "context field 'migration_id' does not match (main channel 0)",
+    ) or (refusal["error"] == "Replayed" and "already opened" in refusal["detail"]), refusal
 
 
 def test_untrusted_destination_gets_nothing_sealed(
