@@ -21,6 +21,7 @@ __all__ = [
     "DowngradeRefused",
     "Expired",
     "GatewayError",
+    "IdentityError",
     "KeyringError",
     "MalformedInput",
     "NonCanonical",
@@ -146,6 +147,11 @@ class DowngradeRefused(GatewayError):
 
 class KeyringError(GatewayError):
     """A keyring file that is unsafe or invalid (permissions, short or zero secrets, ids)."""
+
+
+class IdentityError(GatewayError):
+    """A host identity or trust store file that is unsafe or invalid, or a trust decision it
+    cannot support (an unknown peer, a retired identity used to sign)."""
 
 
 class ConfigError(GatewayError):

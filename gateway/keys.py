@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.errors import KeyringError, UnknownKey
+from gateway.errors import GatewayError, KeyringError, UnknownKey
 
 __all__ = [
     "KEY_ID_SIZE",
@@ -44,7 +44,9 @@ __all__ = [
     "dump_keyring",
     "load_keyring",
     "parse_keyring",
+    "read_protected_file",
     "save_keyring",
+    "write_private_file",
 ]
 
 KEY_ID_SIZE: Final = 16
@@ -334,57 +336,76 @@ def dump_keyring(keyring: Keyring) -> bytes:
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
-def load_keyring(path: str | os.PathLike[str]) -> Keyring:
-    """Read a keyring file, refusing one that others could read or replace.
+def read_protected_file(
+    path: str | os.PathLike[str],
+    *,
+    what: str,
+    error: type[GatewayError],
+    max_size: int,
+    forbidden_mode: int = 0o077,
+) -> bytes:
+    """The bytes of a file only its owner may touch: ``forbidden_mode`` bits must be clear.
 
     The checks run on the opened descriptor (no symlinks followed), so the file checked is the
-    file read.
+    file read. Shared by every local file that holds keys or decides trust.
     """
     path = Path(path)
     try:
         # O_NONBLOCK: a FIFO planted at the path must not hang the reader.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise KeyringError(f"cannot open keyring {path}: {exc.strerror}") from None
+        raise error(f"cannot open {what} {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise KeyringError(f"keyring {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise KeyringError(
-                f"keyring {path} is accessible to group or others "
-                f"(mode {stat.S_IMODE(info.st_mode):04o}); it must be 0600"
+            raise error(f"{what} {path} is not a regular file")
+        if info.st_mode & forbidden_mode:
+            access = "accessible" if forbidden_mode & 0o044 else "writable"
+            required = f"{0o666 & ~forbidden_mode:04o}"
+            raise error(
+                f"{what} {path} is {access} to group or others "
+                f"(mode {stat.S_IMODE(info.st_mode):04o}); it must be {required}"
             )
         if info.st_uid not in (os.geteuid(), 0):
-            raise KeyringError(f"keyring {path} is owned by uid {info.st_uid}, not by this user")
+            raise error(f"{what} {path} is owned by uid {info.st_uid}, not by this user")
     except BaseException:
         os.close(fd)
         raise
     with os.fdopen(fd, "rb") as handle:
-        data = handle.read(MAX_FILE_SIZE + 1)
-    if len(data) > MAX_FILE_SIZE:
-        raise KeyringError(f"keyring {path} is larger than {MAX_FILE_SIZE} bytes")
+        data = handle.read(max_size + 1)
+    if len(data) > max_size:
+        raise error(f"{what} {path} is larger than {max_size} bytes")
+    return data
+
+
+def load_keyring(path: str | os.PathLike[str]) -> Keyring:
+    """Read a keyring file, refusing one that others could read or replace."""
+    data = read_protected_file(path, what="keyring", error=KeyringError, max_size=MAX_FILE_SIZE)
     try:
         return parse_keyring(data)
     except KeyringError as exc:
-        raise KeyringError(f"keyring {path}: {exc}") from None
+        raise KeyringError(f"keyring {Path(path)}: {exc}") from None
 
 
-def save_keyring(keyring: Keyring, path: str | os.PathLike[str]) -> None:
-    """Write atomically: a 0600 temporary file in the same directory, fsync, rename, fsync dir.
-
-    A reader (another process, or a SIGHUP reload) sees the old file or the new one, never a mix.
-    """
+def write_private_file(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    what: str,
+    error: type[GatewayError],
+    mode: int = 0o600,
+) -> None:
+    """Write atomically: a temporary file of ``mode`` in the same directory, fsync, rename,
+    fsync the directory. A reader sees the old file or the new one, never a mix."""
     path = Path(path)
-    data = dump_keyring(keyring)
     tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except OSError as exc:
-        raise KeyringError(f"cannot write keyring next to {path}: {exc.strerror}") from None
+        raise error(f"cannot write {what} next to {path}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o600)  # whatever the umask
+            os.fchmod(handle.fileno(), mode)  # whatever the umask
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -398,6 +419,14 @@ def save_keyring(keyring: Keyring, path: str | os.PathLike[str]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def save_keyring(keyring: Keyring, path: str | os.PathLike[str]) -> None:
+    """Write atomically with mode 0600 (see :func:`write_private_file`).
+
+    A reader (another process, or a SIGHUP reload) sees the old file or the new one, never a mix.
+    """
+    write_private_file(path, dump_keyring(keyring), what="keyring", error=KeyringError)
 
 
 class KeyringFile:
