@@ -323,3 +323,42 @@ def test_refusal_stays_short_whatever_the_input(field: str) -> None:
         parse_config(text.encode())
     assert "routes.0.listen" in str(refused.value)
     assert len(str(refused.value)) < 400
+
+
+# --- the identity suite --------------------------------------------------------------------
+
+IDENTITY_FILES = 'identity = "/etc/smg/identity.json"\ntrust_store = "/etc/smg/trust.json"\n'
+PEER = '\n[[peers]]\nhost_id = "b"\naddresses = ["192.0.2.12:5901"]\n'
+
+
+def with_top(text: str, addition: str) -> str:
+    return text.replace('replay_db = "r.sqlite"\n', f'replay_db = "r.sqlite"\n{addition}')
+
+
+def test_identity_files_and_suites_parse() -> None:
+    config = parse_config(
+        with_top(MINIMAL, IDENTITY_FILES + PEER + 'suite = "identity"\n').encode()
+    )
+    assert config.identity == "/etc/smg/identity.json"
+    assert config.trust_store == "/etc/smg/trust.json"
+    assert config.peers[0].suite == "identity"
+    assert config.identity_peers == frozenset({"b"})
+    plain = parse_config(MINIMAL.encode())
+    assert plain.identity is None
+    assert plain.trust_store is None
+    assert plain.identity_peers == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("addition", "message"),
+    [
+        ('identity = "/etc/smg/identity.json"\n', "identity and trust_store go together"),
+        ('trust_store = "/etc/smg/trust.json"\n', "identity and trust_store go together"),
+        (PEER + 'suite = "identity"\n', "needs identity and trust_store"),
+        (IDENTITY_FILES + PEER + 'suite = "none"\n', "peers.0.suite"),
+        (IDENTITY_FILES + PEER + "suite = 1\n", "peers.0.suite"),
+        ("identity = 5\ntrust_store = 6\n", "identity"),
+    ],
+)
+def test_bad_identity_settings_are_refused(addition: str, message: str) -> None:
+    assert message in refused(with_top(MINIMAL, addition))

@@ -1,4 +1,5 @@
-"""``keys generate|rotate|list|retire``: manage a keyring file.
+"""``keys generate|rotate|list|retire``: manage a keyring file; ``keys host-*`` and
+``keys trust-*``: this host's identity and the trust store of its peers' (the identity suite).
 
 Rotation across several hosts that share one keyring (see SECURITY.md, "Key management"):
 ``generate`` adds a pending key, which every host accepts once it has the file; ``rotate`` then
@@ -9,10 +10,26 @@ once no blob sealed under it can still be valid.
 from __future__ import annotations
 
 import argparse
+import hmac
+import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import KeyringError
+from gateway.cli._io import read_input, write_output
+from gateway.errors import IdentityError, KeyringError
+from gateway.identity import (
+    MAX_PUBLIC_FILE,
+    HostIdentity,
+    IdentityState,
+    TrustStore,
+    dump_public,
+    load_identity,
+    load_trust_store,
+    parse_fingerprint,
+    parse_public,
+    save_identity,
+    save_trust_store,
+)
 from gateway.keys import KEY_ID_SIZE, Key, Keyring, KeyState, load_keyring, save_keyring
 
 __all__ = ["add_parsers"]
@@ -21,8 +38,11 @@ __all__ = ["add_parsers"]
 def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     keys = subparsers.add_parser(
         "keys",
-        help="manage the keyring that seals and opens envelopes",
-        description="Create, rotate, list and retire the keys of a keyring file (mode 0600).",
+        help="manage the keyring, this host's identity and the trust store",
+        description=(
+            "Create, rotate, list and retire the keys of a keyring file (mode 0600); create, "
+            "rotate and export this host's identity; add, list and retire trusted peers."
+        ),
     )
     verbs = keys.add_subparsers(dest="keys_verb", metavar="ACTION", parser_class=type(keys))
     verbs.required = True
@@ -60,6 +80,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     ):
         parser.add_argument("--keyring", required=True, metavar="FILE", help="the keyring file")
         parser.set_defaults(func=handler)
+    add_identity_parsers(verbs)
 
 
 def _describe(key: Key) -> str:
@@ -106,4 +127,176 @@ def _retire(args: argparse.Namespace) -> int:
         raise KeyringError(f"key id must be {2 * KEY_ID_SIZE} hex digits")
     save_keyring(load_keyring(args.keyring).retired(key_id), args.keyring)
     print(f"retired {key_id.hex()}")
+    return 0
+
+
+# --- host identities and the trust store ---------------------------------------------------
+
+
+def add_identity_parsers(verbs: argparse._SubParsersAction[Any]) -> None:
+    init = verbs.add_parser(
+        "host-init",
+        help="create this host's identity, or add a pending generation to it",
+        description=(
+            "Without an existing FILE: create it (mode 0600) with one active generation of "
+            "signing (Ed25519 + ML-DSA-65) and KEM (ML-KEM-768 + X25519) keys. With one: add "
+            "a pending generation; export it to every peer, then run 'host-rotate'."
+        ),
+    )
+    init.add_argument("--host-id", metavar="ID", help="this host's id (required to create)")
+    rotate = verbs.add_parser(
+        "host-rotate",
+        help="make the pending generation the one that signs; retire the old one",
+    )
+    export = verbs.add_parser(
+        "host-export",
+        help="write the public identity (self-signed) and print its fingerprint",
+        description=(
+            "Write one generation's public identity (the active one unless --key-id names "
+            "another) as JSON, and print its fingerprint on stderr: give the file to the "
+            "peers and compare the fingerprint with them out of band."
+        ),
+    )
+    export.add_argument("--key-id", metavar="KEY_ID", help="the generation, 32 hex digits")
+    export.add_argument("--output", metavar="FILE", help="where to write (default stdout)")
+    listing = verbs.add_parser(
+        "host-list", help="list this host's generations: id, state, created, fingerprint"
+    )
+    for parser, handler in (
+        (init, _host_init),
+        (rotate, _host_rotate),
+        (export, _host_export),
+        (listing, _host_list),
+    ):
+        parser.add_argument(
+            "--identity", required=True, metavar="FILE", help="the private identity file"
+        )
+        parser.set_defaults(func=handler)
+
+    add = verbs.add_parser(
+        "trust-add",
+        help="trust a peer's exported public identity",
+        description=(
+            "Add a peer's public identity (as 'host-export' wrote it) to the trust store, "
+            "creating the store if needed. --fingerprint must be the fingerprint the peer's "
+            "operator read from that host: it is what makes the file trustworthy. The first "
+            "generation of a peer becomes active; later ones pending, until 'trust-retire' "
+            "retires the old one."
+        ),
+    )
+    add.add_argument("public", metavar="PUBLIC_FILE", help="the peer's public identity")
+    add.add_argument("--fingerprint", required=True, metavar="FP", help="as the peer printed it")
+    trust_list = verbs.add_parser(
+        "trust-list", help="list trusted peer generations: host, id, state, fingerprint"
+    )
+    retire = verbs.add_parser(
+        "trust-retire",
+        help="stop trusting a peer generation (retiring the active one promotes a pending one)",
+    )
+    retire.add_argument("key_id", metavar="KEY_ID", help="the generation, 32 hex digits")
+    for parser, handler in ((add, _trust_add), (trust_list, _trust_list), (retire, _trust_retire)):
+        parser.add_argument(
+            "--trust-store", required=True, metavar="FILE", help="the trust store file"
+        )
+        parser.set_defaults(func=handler)
+
+
+def _key_id_arg(text: str) -> bytes:
+    try:
+        key_id = bytes.fromhex(text.strip().lower())
+    except ValueError:
+        key_id = b""
+    if len(key_id) != KEY_ID_SIZE:
+        raise IdentityError(f"key id must be {2 * KEY_ID_SIZE} hex digits")
+    return key_id
+
+
+def _host_init(args: argparse.Namespace) -> int:
+    path = Path(args.identity)
+    if not path.exists() and not path.is_symlink():
+        if not args.host_id:
+            raise IdentityError("creating an identity needs --host-id")
+        identity = HostIdentity.create(args.host_id)
+        save_identity(identity, path)
+        public = identity.public
+        print(f"created {path} for {identity.host_id}: active generation {public.key_id.hex()}")
+        print(f"fingerprint {public.fingerprint_text}")
+        return 0
+    identity = load_identity(path)
+    if args.host_id and args.host_id != identity.host_id:
+        raise IdentityError(f"{path} is the identity of {identity.host_id}, not {args.host_id}")
+    identity, key = identity.with_new_generation()
+    save_identity(identity, path)
+    print(
+        f"added pending generation {key.key_id.hex()}; export it (host-export --key-id) to "
+        "every peer, then run 'keys host-rotate'"
+    )
+    print(f"fingerprint {key.public.fingerprint_text}")
+    return 0
+
+
+def _host_rotate(args: argparse.Namespace) -> int:
+    before = load_identity(args.identity)
+    identity, promoted = before.rotated()
+    save_identity(identity, args.identity)
+    print(
+        f"generation {promoted.key_id.hex()} now signs; {before.active.key_id.hex()} is retired "
+        "(peers retire it with 'keys trust-retire')"
+    )
+    return 0
+
+
+def _host_export(args: argparse.Namespace) -> int:
+    identity = load_identity(args.identity)
+    key = identity.active
+    if args.key_id:
+        found = identity.get(_key_id_arg(args.key_id))
+        if found is None or found.state is IdentityState.RETIRED:
+            raise IdentityError("no such live generation in the identity")
+        key = found
+    write_output(args.output, dump_public(key))
+    print(
+        f"{key.host_id} {key.key_id.hex()} fingerprint {key.public.fingerprint_text}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _host_list(args: argparse.Namespace) -> int:
+    for key in load_identity(args.identity).keys:
+        fingerprint = "" if key.state is IdentityState.RETIRED else key.public.fingerprint_text
+        print(f"{key.key_id.hex()}  {key.state.value:<8}  {fingerprint}".rstrip())
+    return 0
+
+
+def _trust_add(args: argparse.Namespace) -> int:
+    public = parse_public(read_input(args.public, MAX_PUBLIC_FILE))
+    if not hmac.compare_digest(parse_fingerprint(args.fingerprint), public.fingerprint):
+        raise IdentityError(
+            f"the fingerprint given is not that of {args.public}: do not trust this file"
+        )
+    path = Path(args.trust_store)
+    store = TrustStore() if not path.exists() and not path.is_symlink() else load_trust_store(path)
+    store, entry = store.with_peer(public)
+    save_trust_store(store, path)
+    print(f"trusted {entry.host_id} generation {entry.key_id.hex()} as {entry.state.value}")
+    return 0
+
+
+def _trust_list(args: argparse.Namespace) -> int:
+    for entry in load_trust_store(args.trust_store).entries:
+        fingerprint = "" if entry.public is None else entry.public.fingerprint_text
+        print(
+            f"{entry.host_id}  {entry.key_id.hex()}  {entry.state.value:<8}  {fingerprint}".rstrip()
+        )
+    return 0
+
+
+def _trust_retire(args: argparse.Namespace) -> int:
+    key_id = _key_id_arg(args.key_id)
+    store, promoted = load_trust_store(args.trust_store).retired(key_id)
+    save_trust_store(store, args.trust_store)
+    print(f"retired {key_id.hex()}")
+    if promoted is not None:
+        print(f"{promoted.host_id} generation {promoted.key_id.hex()} is now active")
     return 0

@@ -28,7 +28,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     proxy.add_argument("--config", required=True, metavar="FILE", help="the proxy's TOML config")
     proxy.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     proxy.add_argument(
-        "--check", action="store_true", help="validate the config and keyring, then exit"
+        "--check",
+        action="store_true",
+        help="validate the config, keyring, identity and trust store, then exit",
     )
     proxy.set_defaults(func=_proxy)
 
@@ -49,6 +51,13 @@ def _proxy(args: argparse.Namespace) -> int:
 
         keyring = load_keyring(config.keyring)
         print(f"config ok: {len(config.routes)} route(s), {len(keyring)} key(s)")
+        if config.identity is not None and config.trust_store is not None:
+            from gateway.identity import check_identity_files
+
+            summary = check_identity_files(
+                config.identity, config.trust_store, config.host_id, config.identity_peers
+            )
+            print(f"identity ok: {summary}")
         return 0
     configure_logging(args.log_level)
     from gateway.proxy.server import run_proxy

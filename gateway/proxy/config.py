@@ -6,7 +6,7 @@ import ipaddress
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -54,6 +54,9 @@ class Peer(_Strict):
 
     host_id: HostId
     addresses: Annotated[tuple[str, ...], Field(min_length=1, max_length=64)]
+    suite: Literal["shared-key", "identity"] = "shared-key"
+    """Which keys seal this peer's blobs: the shared keyring, or a per-attempt key agreed
+    under both hosts' identities (then the shared keyring is refused for this peer)."""
 
     @field_validator("addresses")
     @classmethod
@@ -95,6 +98,10 @@ class ProxyConfig(_Strict):
     host_id: HostId
     keyring: str
     replay_db: str
+    identity: str | None = None
+    """This host's private identity file (``keys host-init``), for the identity suite."""
+    trust_store: str | None = None
+    """The peers' public identities this host trusts (``keys trust-add``)."""
     control_socket: str | None = None
     limits: Limits = Limits()
     peers: Annotated[tuple[Peer, ...], Field(max_length=4096)] = ()
@@ -111,7 +118,16 @@ class ProxyConfig(_Strict):
         peer_ids = [peer.host_id for peer in self.peers]
         if len(set(peer_ids)) != len(peer_ids) or self.host_id in peer_ids:
             raise ValueError("peer host ids must be unique and differ from host_id")
+        if (self.identity is None) != (self.trust_store is None):
+            raise ValueError("identity and trust_store go together")
+        if self.identity_peers and self.identity is None:
+            raise ValueError('a peer with suite = "identity" needs identity and trust_store')
         return self
+
+    @property
+    def identity_peers(self) -> frozenset[str]:
+        """Peers whose blobs must use the identity suite."""
+        return frozenset(peer.host_id for peer in self.peers if peer.suite == "identity")
 
     def peer_for_address(self, host: str, port: int) -> str | None:
         """The host id of the trusted peer clients reach at ``host:port``, if any."""
