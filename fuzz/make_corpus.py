@@ -919,6 +919,247 @@ def proxy_config_seeds() -> Seeds:
 _DROP = object()
 
 
+# --- host identities and the handshake -------------------------------------------------------
+
+
+def _json_variants(document: dict[str, Any], list_name: str) -> list[bytes]:
+    """Near misses of a JSON document: each top member dropped or mistyped, extra members,
+    duplicates, an empty and a mistyped list, and a few non-documents."""
+    out = [json.dumps(document).encode()]
+    for name in document:
+        out.append(json.dumps({k: v for k, v in document.items() if k != name}).encode())
+        for value in (None, 1, "", [], {}):
+            out.append(json.dumps({**document, name: value}).encode())
+    out.append(json.dumps({**document, "extra": 1}).encode())
+    out.append(json.dumps({**document, "version": 2}).encode())
+    out.append(json.dumps({**document, list_name: [1]}).encode())
+    first = json.dumps(document).encode()
+    out.append(first.replace(b'"kind"', b'"kind": 1, "kind"', 1))
+    out += [b"", b"[]", b"null", b"{", b"\xff", b"[" * 3000, b"\xef\xbb\xbf" + first]
+    return out
+
+
+def _entry_variants(
+    document: dict[str, Any], list_name: str, index: int, members: dict[str, list[Any]]
+) -> list[bytes]:
+    out = []
+    items = document[list_name]
+    for name, values in members.items():
+        for value in values:
+            entry = {**items[index]}
+            if value is _DROP:
+                entry.pop(name, None)
+            else:
+                entry[name] = value
+            changed = [entry if i == index else item for i, item in enumerate(items)]
+            out.append(json.dumps({**document, list_name: changed}).encode())
+    return out
+
+
+_CREATED = ["1969-12-31T23:59:59Z", "9999-12-31T23:59:59Z", "2024-02-30T00:00:00Z", 5, _DROP]
+
+
+def identity_seeds() -> Seeds:
+    import _identities
+
+    from gateway.identity import dump_identity
+
+    single = _identities.SOURCE
+    rotated, _ = single.with_new_generation(now=_identities.NOW, random_bytes=lambda n: b"\x07" * n)
+    rotated, _ = rotated.rotated()
+    rotated, _ = rotated.with_new_generation(
+        now=_identities.NOW, random_bytes=lambda n: b"\x09" * n
+    )
+    seeds = Seeds(inputs=[dump_identity(single), dump_identity(rotated)])
+    document = json.loads(dump_identity(rotated))
+    seeds.inputs += _json_variants(document, "keys")
+    seed_hex = document["keys"][1]["seeds"]
+    seeds.inputs += _entry_variants(
+        document,
+        "keys",
+        1,
+        {
+            "id": ["ab" * 16, "zz" * 16, "0" * 31, _DROP],
+            "state": ["retired", "pending", "on", _DROP],
+            "created": _CREATED,
+            "seeds": ["00" * 160, "07" + seed_hex[2:], seed_hex[:-2], "zz" * 160, _DROP],
+            "extra": [1],
+        },
+    )
+    seeds.inputs.append(json.dumps({**document, "keys": document["keys"] * 2}).encode())
+    seeds.inputs.append(json.dumps({**document, "keys": document["keys"] * 22}).encode())
+    seeds.inputs.append(json.dumps({**document, "host_id": "host a"}).encode())
+    seeds.words = [
+        b'"kind"',
+        b'"version"',
+        b'"host_id"',
+        b'"keys"',
+        b'"id"',
+        b'"state"',
+        b'"created"',
+        b'"seeds"',
+        b'"pending"',
+        b'"active"',
+        b'"retired"',
+        b'"2024-01-01T00:00:00Z"',
+        b"spice-migration-gateway host identity",
+    ]
+    return seeds
+
+
+def public_identity_seeds() -> Seeds:
+    import _identities
+
+    from gateway.identity import dump_public
+
+    text = dump_public(_identities.SOURCE.active)
+    document = json.loads(text)
+    seeds = Seeds(inputs=[text, dump_public(_identities.TARGET.active)])
+    for name in ("ed25519", "mldsa65", "kem", "self_signature"):
+        value = document[name]
+        flipped = ("B" if value[8] == "A" else "A").join((value[:8], value[9:]))
+        for changed in (flipped, value[:-4], value + "AAAA", "!" * len(value), _DROP):
+            doc = {**document, name: changed}
+            if changed is _DROP:
+                del doc[name]
+            seeds.inputs.append(json.dumps(doc).encode())
+    for fingerprint in ("sha256:" + "00" * 32, "sha256:00", document["fingerprint"].upper(), 1):
+        seeds.inputs.append(json.dumps({**document, "fingerprint": fingerprint}).encode())
+    for host in ("host-z", "", "host a", "h" * 129):
+        seeds.inputs.append(json.dumps({**document, "host_id": host}).encode())
+    for created in _CREATED[:-1]:
+        seeds.inputs.append(json.dumps({**document, "created": created}).encode())
+    seeds.inputs += _json_variants(document, "kem")[1:20]
+    seeds.words = [
+        b'"kind"',
+        b'"version"',
+        b'"host_id"',
+        b'"id"',
+        b'"created"',
+        b'"ed25519"',
+        b'"mldsa65"',
+        b'"kem"',
+        b'"self_signature"',
+        b'"fingerprint"',
+        b"sha256:",
+        b"spice-migration-gateway public host identity",
+    ]
+    return seeds
+
+
+def trust_store_seeds() -> Seeds:
+    import _identities
+
+    from gateway.identity import TrustStore, dump_trust_store
+
+    store = TrustStore()
+    store, _ = store.with_peer(_identities.SOURCE.public)
+    store, _ = store.with_peer(_identities.TARGET.public)
+    retired, _ = store.retired(_identities.SOURCE.active.key_id)
+    pending = _identities.identity("host-b", 3)
+    rotating, _ = store.with_peer(pending.public)
+    seeds = Seeds(inputs=[dump_trust_store(s) for s in (TrustStore(), store, retired, rotating)])
+    document = json.loads(dump_trust_store(rotating))
+    seeds.inputs += _json_variants(document, "peers")
+    seeds.inputs += _entry_variants(
+        document,
+        "peers",
+        2,
+        {
+            "state": ["active", "retired", "on", _DROP],
+            "host_id": ["host-a", "host a", _DROP],
+            "id": ["ab" * 16, _DROP],
+            "created": _CREATED,
+            "kem": [document["peers"][0]["kem"], "AAAA", _DROP],
+            "extra": [1],
+        },
+    )
+    seeds.inputs.append(json.dumps({**document, "peers": document["peers"][:1] * 2}).encode())
+    seeds.words = [
+        b'"kind"',
+        b'"version"',
+        b'"peers"',
+        b'"host_id"',
+        b'"id"',
+        b'"state"',
+        b'"created"',
+        b'"ed25519"',
+        b'"mldsa65"',
+        b'"kem"',
+        b'"pending"',
+        b'"active"',
+        b'"retired"',
+        b"spice-migration-gateway trust store",
+    ]
+    return seeds
+
+
+def _message_variants(message: bytes, boundaries: Iterable[int]) -> list[bytes]:
+    """Truncations at and flips around each field boundary, one extra byte, oversized."""
+    out = [message, message + b"\x00", message[:-1]]
+    for at in boundaries:
+        out.append(message[:at])
+        for delta in (-1, 0, 1):
+            position = at + delta
+            if 0 <= position < len(message):
+                out.append(
+                    message[:position] + bytes([message[position] ^ 0x01]) + message[position + 1 :]
+                )
+    return out
+
+
+def handshake_hello_seeds() -> Seeds:
+    import _identities
+
+    from gateway import handshake
+
+    hellos = [
+        handshake.hello(_identities.TARGET, now=_identities.NOW + delta)[0]
+        for delta in (0, -30, 60)
+    ]
+    hello = hellos[0]
+    host = len(_identities.TARGET.host_id)
+    boundaries = [4, 5, 6, 7, 7 + host, 23 + host, 31 + host, 63 + host, 1279 + host]
+    seeds = Seeds(inputs=[*hellos, *_message_variants(hello, boundaries)])
+    seeds.inputs.append(hello[:6] + b"\x00" + hello[7:])
+    seeds.inputs.append(hello[:6] + b"\xff" + hello[7:])
+    seeds.inputs.append(hello + bytes(handshake.MAX_HELLO - len(hello) + 1))
+    seeds.inputs.append(handshake.hello(_identities.SOURCE, now=_identities.NOW)[0])
+    seeds.words = [handshake.MAGIC, b"SMGK\x01\x01", b"\x06host-b", b"\x06host-a"]
+    return seeds
+
+
+def handshake_offer_seeds() -> Seeds:
+    import _identities
+
+    from gateway import handshake
+
+    def offer(announcement: bytes) -> bytes:
+        return handshake._answer(
+            _identities.FIXED_HELLO,
+            announcement,
+            _identities.SOURCE,
+            b"\x5a" * 32,
+            now=_identities.NOW,
+        )[0]
+
+    offers = [
+        offer(_identities.ANNOUNCEMENT),
+        offer(b"x"),
+        offer(b"y" * handshake.MAX_ANNOUNCEMENT),
+    ]
+    message = offers[0]
+    size = len(_identities.ANNOUNCEMENT)
+    at = 6 + 32 + 7 + 16 + 7 + 16
+    boundaries = [4, 5, 6, 38, 39, 45, 61, 62, 68, at, at + 2, at + 2 + size, at + 2 + size + 1120]
+    seeds = Seeds(inputs=[*offers, *_message_variants(message, boundaries)])
+    seeds.inputs.append(message[:at] + b"\x00\x00" + message[at + 2 :])
+    seeds.inputs.append(message[:at] + b"\x10\x01" + message[at + 2 :])
+    seeds.inputs.append(message + bytes(handshake.MAX_OFFER - len(message) + 1))
+    seeds.words = [handshake.MAGIC, b"SMGK\x01\x02", b"\x06host-b", b"\x06host-a"]
+    return seeds
+
+
 # --- driving it ------------------------------------------------------------------------------
 
 
@@ -936,6 +1177,11 @@ def generate(harness: _table.Harness) -> Seeds | None:
         "envelope_payload_structured": builder_seeds,
         "keyring": keyring_seeds,
         "proxy_config": proxy_config_seeds,
+        "identity": identity_seeds,
+        "public_identity": public_identity_seeds,
+        "trust_store": trust_store_seeds,
+        "handshake_hello": handshake_hello_seeds,
+        "handshake_offer": handshake_offer_seeds,
     }
     generator = generators.get(name)
     return generator() if generator else None

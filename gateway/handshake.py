@@ -439,11 +439,20 @@ def offer(
         raise NotYetValid(f"hello: issued {parsed.issued_at - clock} s in the future")
     if clock > parsed.issued_at + max_hello_age + clock_skew:
         raise Expired(f"hello: issued {clock - parsed.issued_at} s ago")
-    kem = _kem_public(parsed.kem_public)
-
     secret = (random_bytes or os.urandom)(SECRET_SIZE)
     if len(secret) != SECRET_SIZE:
         raise ConfigError("the random source gave fewer bytes than asked")
+    return _answer(bytes(hello_bytes), announcement, own, secret, now=clock)
+
+
+def _answer(
+    hello_bytes: bytes, announcement: bytes, own: HostIdentity, secret: bytes, *, now: int
+) -> tuple[bytes, AttemptKey]:
+    """Build and sign the offer answering ``hello_bytes`` with ``secret``: the second half of
+    :func:`offer`, which has checked the hello. It trusts the hello it is given: the fuzz
+    corpus builds offers with it for a hello whose signature it cannot make."""
+    parsed = parse_hello(hello_bytes)
+    kem = _kem_public(parsed.kem_public)
     signer = own.active
     before = b"".join(
         (
@@ -460,7 +469,7 @@ def offer(
     encapsulation = _SUITE.encrypt(secret, kem, info=LABEL_HPKE + before)
     signed = before + encapsulation
     message = signed + signer.sign(LABEL_OFFER, signed)
-    return message, _attempt(parse_offer(message), bytes(hello_bytes), secret, clock)
+    return message, _attempt(parse_offer(message), hello_bytes, secret, now)
 
 
 def _kem_public(raw: bytes) -> hpke.MLKEM768X25519PublicKey:
