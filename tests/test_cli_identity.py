@@ -254,3 +254,19 @@ def test_proxy_check_verifies_identity_and_trust(
     code, out, err = check("host-a", files, "shared-key")
     assert (code, err) == (0, "")
     assert "0 trusted peer(s)" in out
+
+
+def test_proxy_refuses_to_run_identity_peers_without_the_peer_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fail closed: never serve an identity peer with the shared keyring."""
+    config = tmp_path / "proxy.toml"
+    files = f'identity = "{tmp_path}/a.json"\ntrust_store = "{tmp_path}/t.json"'
+    config.write_text(
+        CONFIG.format(
+            host="host-a", dir=tmp_path, identity=files, suite="identity", vm=uuid.uuid4()
+        )
+    )
+    err = refused_as(capsys, "ConfigError", "proxy", "--config", str(config))
+    assert "host-b" in err
+    assert "peer link" in err
