@@ -1115,7 +1115,7 @@ def handshake_hello_seeds() -> Seeds:
 
     hellos = [
         handshake.hello(_identities.TARGET, now=_identities.NOW + delta)[0]
-        for delta in (0, -30, 60)
+        for delta in (0, -30, -91, 60)
     ]
     hello = hellos[0]
     host = len(_identities.TARGET.host_id)
@@ -1156,6 +1156,9 @@ def handshake_offer_seeds() -> Seeds:
     seeds.inputs.append(message[:at] + b"\x00\x00" + message[at + 2 :])
     seeds.inputs.append(message[:at] + b"\x10\x01" + message[at + 2 :])
     seeds.inputs.append(message + bytes(handshake.MAX_OFFER - len(message) + 1))
+    seeds.inputs.append(message[:38] + b"\x06host-b" + message[45:])  # from the target itself
+    seeds.inputs.append(message[:38] + b"\x00" + message[39:])
+    seeds.inputs.append(message[:38] + b"\x81" + message[39:])
     seeds.words = [handshake.MAGIC, b"SMGK\x01\x02", b"\x06host-b", b"\x06host-a"]
     return seeds
 
