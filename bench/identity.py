@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hpke
@@ -36,6 +33,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+# The sibling benchmark's timing loop and statistics (run as a script, its folder is on sys.path).
+from envelope import measure, median, ratio
 
 import gateway
 from gateway import handshake, native
@@ -47,30 +47,6 @@ from schemas import ChannelType
 VM = uuid.UUID("6f1c1b9e-0d5e-4d8a-9a53-2f43c0a5f0a1")
 MIGRATION = uuid.UUID("0b7e2a58-8c36-4f0e-9f0b-6c1d2e3f4a5b")
 ANNOUNCEMENT = b"vm=6f1c1b9e migration=0b7e2a58 host-a->host-b channels=6"
-
-
-def measure(
-    cases: dict[str, Callable[[], object]], ops: int, rounds: int
-) -> dict[str, list[float]]:
-    """Per-op seconds of each case; the cases take turns within each round (fair under load)."""
-    for fn in cases.values():
-        fn()
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            for _ in range(ops):
-                fn()
-            samples[name].append((time.perf_counter() - start) / ops)
-    return samples
-
-
-def med(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def paired(slow: list[float], fast: list[float]) -> float:
-    return statistics.median(s / f for s, f in zip(slow, fast, strict=True))
 
 
 def bench_handshake(ops: int, rounds: int) -> dict[str, list[float]]:
@@ -173,7 +149,7 @@ def main() -> int:
     hs = bench_handshake(hs_ops, hs_rounds)
     print("\nRaw primitives and handshake steps (median us per operation):")
     for name, values in hs.items():
-        print(f"  {name:<16} {med(values) * 1e6:9.1f}")
+        print(f"  {name:<16} {median(values) * 1e6:9.1f}")
 
     def raw(*names: str) -> list[float]:
         return [sum(hs[n][i] for n in names) for i in range(hs_rounds)]
@@ -191,16 +167,16 @@ def main() -> int:
     print("\nHandshake over its raw primitives (paired median ratio; goal <= 1.5x):")
     for name, base in parts.items():
         print(
-            f"  {name:<10} {med(hs[name]) * 1e6:9.1f} us  raw {med(base) * 1e6:9.1f} us  "
-            f"{paired(hs[name], base):5.2f}x"
+            f"  {name:<10} {median(hs[name]) * 1e6:9.1f} us  raw {median(base) * 1e6:9.1f} us  "
+            f"{ratio(hs[name], base):5.2f}x"
         )
     cp = bench_critical_path(cp_ops, cp_rounds)
     print("\nCritical path per blob, display sample (median us; goal: attempt within 10 %):")
     for op in ("seal", "verify"):
         shared, attempt = cp[f"{op} shared"], cp[f"{op} attempt"]
         print(
-            f"  {op:<7} shared {med(shared) * 1e6:7.1f}  attempt {med(attempt) * 1e6:7.1f}  "
-            f"{paired(attempt, shared):5.2f}x"
+            f"  {op:<7} shared {median(shared) * 1e6:7.1f}  attempt {median(attempt) * 1e6:7.1f}  "
+            f"{ratio(attempt, shared):5.2f}x"
         )
     return 0
 

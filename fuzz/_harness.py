@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import os
 import random
+import re
 import struct
 import sys
 import types
@@ -131,6 +132,21 @@ def check_refusal(error: Exception, size: int, limit: int | None = None) -> None
     message = str(error)
     if not message or len(message) > MAX_MESSAGE:
         raise OracleFailure(f"{type(error).__name__} message of {len(message)} characters")
+
+
+#: Key ids are 32 hex digits and may be named; a longer hex run in a message is secret material.
+_SECRET_LIKE = re.compile(rb"[0-9a-fA-F]{33,}")
+
+
+def check_quotes_no_secret(error: Exception, data: bytes) -> None:
+    """A refusal of a file that holds secrets must not quote any long hex run of it."""
+    message = str(error).lower()
+    for run in _SECRET_LIKE.findall(data):
+        if run.decode().lower()[:33] in message:
+            raise OracleFailure(
+                f"{type(error).__name__} quotes a {len(run)}-digit hex run of the input: "
+                f"{message[:80]!r}..."
+            ) from error
 
 
 def check_codec(

@@ -52,7 +52,13 @@ from gateway.errors import (
     IdentityError,
     UnknownKey,
 )
-from gateway.keys import read_protected_file, write_private_file
+from gateway.keys import (
+    hex_field,
+    read_protected_file,
+    strict_json,
+    unknown_members,
+    write_private_file,
+)
 
 __all__ = [
     "FINGERPRINT_SIZE",
@@ -611,27 +617,8 @@ def _public(entry: TrustEntry) -> PublicIdentity:
 # --- files ---------------------------------------------------------------------------------
 
 
-def _member(name: str) -> str:
-    if len(name) <= 24 and name.replace("_", "").isalnum() and name.isascii():
-        return repr(name)
-    return f"<a {len(name)}-character name>"
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise IdentityError(f"duplicate JSON member {_member(name)}")
-        out[name] = value
-    return out
-
-
 def _document(text: str | bytes, kind: str, members: set[str], what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(text, object_pairs_hook=_unique_pairs)
-    except (ValueError, RecursionError):
-        # json's messages quote input fragments, which could be secret digits.
-        raise IdentityError(f"{what} is not valid JSON") from None
+    doc = strict_json(text, what=what, error=IdentityError)
     if not isinstance(doc, dict):
         raise IdentityError(f"{what} must be a JSON object")
     _no_extra(doc, members, what)
@@ -643,20 +630,13 @@ def _document(text: str | bytes, kind: str, members: set[str], what: str) -> dic
 
 
 def _no_extra(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    extra = sorted(set(obj) - allowed)
-    if extra:
-        shown = ", ".join(_member(name) for name in extra[:4])
-        raise IdentityError(f"{where}: unknown member(s) {shown}")
+    problem = unknown_members(obj, allowed, where)
+    if problem:
+        raise IdentityError(problem)
 
 
 def _hex(obj: Mapping[str, Any], name: str, size: int, where: str) -> bytes:
-    value = obj.get(name)
-    if not isinstance(value, str) or len(value) != 2 * size:
-        raise IdentityError(f"{where}: {name!r} must be {2 * size} hex digits")
-    try:
-        return bytes.fromhex(value)
-    except ValueError:
-        raise IdentityError(f"{where}: {name!r} is not hex") from None
+    return hex_field(obj, name, size, where, IdentityError)
 
 
 def _b64(obj: Mapping[str, Any], name: str, size: int, where: str) -> bytes:

@@ -42,10 +42,13 @@ __all__ = [
     "Keyring",
     "KeyringFile",
     "dump_keyring",
+    "hex_field",
     "load_keyring",
     "parse_keyring",
     "read_protected_file",
     "save_keyring",
+    "strict_json",
+    "unknown_members",
     "write_private_file",
 ]
 
@@ -258,23 +261,44 @@ def _members(names: list[str]) -> str:
     return shown + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in out:
-            raise KeyringError(f"duplicate JSON member {_member(name)}")
-        out[name] = value
-    return out
+def strict_json(text: str | bytes, *, what: str, error: type[GatewayError]) -> Any:
+    """JSON with duplicate members refused; every failure is ``error``, naming no input."""
+
+    def unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in pairs:
+            if name in out:
+                raise error(f"duplicate JSON member {_member(name)}")
+            out[name] = value
+        return out
+
+    try:
+        return json.loads(text, object_pairs_hook=unique_pairs)
+    except (ValueError, RecursionError):
+        # json's messages quote input fragments, which could be secret digits: name the file.
+        raise error(f"{what} is not valid JSON") from None
 
 
-def _hex_field(entry: Mapping[str, Any], name: str, size: int, where: str) -> bytes:
+def unknown_members(names: Iterable[str], allowed: set[str], where: str) -> str | None:
+    """``where: unknown member(s) ...`` when ``names`` has any outside ``allowed``."""
+    extra = sorted(set(names) - allowed)
+    return f"{where}: unknown member(s) {_members(extra)}" if extra else None
+
+
+def hex_field(
+    entry: Mapping[str, Any],
+    name: str,
+    size: int,
+    where: str,
+    error: type[GatewayError] = KeyringError,
+) -> bytes:
     value = entry.get(name)
     if not isinstance(value, str) or len(value) != 2 * size:
-        raise KeyringError(f"{where}: {name!r} must be {2 * size} hex digits")
+        raise error(f"{where}: {name!r} must be {2 * size} hex digits")
     try:
         return bytes.fromhex(value)
     except ValueError:
-        raise KeyringError(f"{where}: {name!r} is not hex") from None
+        raise error(f"{where}: {name!r} is not hex") from None
 
 
 def _key_from_json(entry: object, index: int) -> Key:
@@ -284,7 +308,7 @@ def _key_from_json(entry: object, index: int) -> Key:
     allowed = {"id", "state", "created", "secret"}
     if extra := sorted(set(entry) - allowed):
         raise KeyringError(f"{where}: unknown member(s) {_members(extra)}")
-    key_id = _hex_field(entry, "id", KEY_ID_SIZE, where)
+    key_id = hex_field(entry, "id", KEY_ID_SIZE, where)
     try:
         state = KeyState(entry.get("state"))
     except ValueError:
@@ -299,17 +323,13 @@ def _key_from_json(entry: object, index: int) -> Key:
             raise KeyringError(f"{where}: a retired key must not keep its secret")
         secret = b""
     else:
-        secret = _hex_field(entry, "secret", SECRET_SIZE, where)
+        secret = hex_field(entry, "secret", SECRET_SIZE, where)
     return Key(key_id, state, _parse_iso(created, where), secret)
 
 
 def parse_keyring(text: str | bytes) -> Keyring:
     """Parse and validate a keyring document (no file-permission checks: see load_keyring)."""
-    try:
-        doc = json.loads(text, object_pairs_hook=_unique_pairs)
-    except (ValueError, RecursionError):
-        # json's messages quote input fragments, which could be secret digits: name only the place.
-        raise KeyringError("keyring is not valid JSON") from None
+    doc = strict_json(text, what="keyring", error=KeyringError)
     if not isinstance(doc, dict):
         raise KeyringError("keyring must be a JSON object")
     if extra := sorted(set(doc) - {"kind", "version", "keys"}):

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway import handshake as hs
 from gateway.identity import HostIdentity, HostKey, IdentityState, TrustStore
+from tests.vectors.identity.make_vectors import fixed
 
 ROOT = Path(__file__).parent.parent
 VECTORS: dict[str, Any] = json.loads(
@@ -30,18 +31,6 @@ def identity(side: str) -> HostIdentity:
         entry["host_id"], IdentityState.ACTIVE, int(entry["created"]), bytes.fromhex(entry["seeds"])
     )
     return HostIdentity(entry["host_id"], [key])
-
-
-def fixed(*parts: bytes) -> Any:
-    data = b"".join(parts)
-    offset = [0]
-
-    def random_bytes(size: int) -> bytes:
-        out = data[offset[0] : offset[0] + size]
-        offset[0] += size
-        return out
-
-    return random_bytes
 
 
 @pytest.mark.parametrize("side", ["source", "target"])

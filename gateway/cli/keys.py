@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli._io import read_input, write_output
-from gateway.errors import IdentityError, KeyringError
+from gateway.errors import GatewayError, IdentityError, KeyringError
 from gateway.identity import (
     MAX_PUBLIC_FILE,
     HostIdentity,
@@ -118,13 +118,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _retire(args: argparse.Namespace) -> int:
-    text = args.key_id.strip().lower()
-    try:
-        key_id = bytes.fromhex(text)
-    except ValueError:
-        key_id = b""
-    if len(key_id) != KEY_ID_SIZE:
-        raise KeyringError(f"key id must be {2 * KEY_ID_SIZE} hex digits")
+    key_id = _key_id_arg(args.key_id, KeyringError)
     save_keyring(load_keyring(args.keyring).retired(key_id), args.keyring)
     print(f"retired {key_id.hex()}")
     return 0
@@ -201,13 +195,14 @@ def add_identity_parsers(verbs: argparse._SubParsersAction[Any]) -> None:
         parser.set_defaults(func=handler)
 
 
-def _key_id_arg(text: str) -> bytes:
+def _key_id_arg(text: str, error: type[GatewayError] = IdentityError) -> bytes:
+    """A key id from the command line (keyring keys and identity generations alike)."""
     try:
         key_id = bytes.fromhex(text.strip().lower())
     except ValueError:
         key_id = b""
     if len(key_id) != KEY_ID_SIZE:
-        raise IdentityError(f"key id must be {2 * KEY_ID_SIZE} hex digits")
+        raise error(f"key id must be {2 * KEY_ID_SIZE} hex digits")
     return key_id
 
 
