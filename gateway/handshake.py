@@ -31,6 +31,7 @@ import hmac
 import os
 import struct
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from gateway.envelope import read_header
+from gateway.envelope import Context, ExpectedContext, read_header
 from gateway.errors import (
     AuthenticationFailed,
     BadMagic,
@@ -72,6 +73,7 @@ from gateway.identity import (
     check_host_id,
 )
 from gateway.keys import Key, Keyring, KeyState
+from schemas import ChannelType
 
 __all__ = [
     "CHALLENGE_SIZE",
@@ -322,6 +324,40 @@ class AttemptKey:
     @property
     def key_id(self) -> bytes:
         return self.keyring.active.key_id
+
+    def context(
+        self,
+        channel_type: ChannelType,
+        channel_id: int,
+        vm_id: uuid.UUID,
+        migration_id: uuid.UUID,
+        schema_version: int,
+    ) -> Context:
+        """The source's context for a blob of this attempt: the hosts are the attempt's."""
+        return Context(
+            channel_type,
+            channel_id,
+            vm_id,
+            migration_id,
+            self.source_host,
+            self.target_host,
+            schema_version,
+        )
+
+    def expect(
+        self,
+        channel_type: ChannelType,
+        channel_id: int,
+        vm_id: uuid.UUID,
+        migration_id: uuid.UUID,
+        schema_version: int,
+    ) -> ExpectedContext:
+        """The target's expectation for a blob of this attempt: from the authenticated source
+        only (never the set of all trusted peers), to this attempt's target, for one
+        migration."""
+        return ExpectedContext.of(
+            self.context(channel_type, channel_id, vm_id, migration_id, schema_version)
+        )
 
     def __repr__(self) -> str:
         return f"AttemptKey({self.source_host} -> {self.target_host}, key_id={self.key_id.hex()})"

@@ -68,6 +68,7 @@ __all__ = [
     "SIGNATURE_SIZE",
     "HostIdentity",
     "HostKey",
+    "IdentityFiles",
     "IdentityState",
     "PublicIdentity",
     "TrustEntry",
@@ -875,6 +876,50 @@ def save_trust_store(store: TrustStore, path: str | os.PathLike[str]) -> None:
     )
 
 
+class IdentityFiles:
+    """This host's identity and trust store as a long-running process uses them, reloadable
+    together (for instance on SIGHUP). A reload that fails keeps both in use and raises, so a
+    bad edit never leaves the process without keys or with half of a rotation."""
+
+    def __init__(
+        self,
+        identity_path: str | os.PathLike[str],
+        trust_path: str | os.PathLike[str],
+        host_id: str,
+    ) -> None:
+        self.identity_path = Path(identity_path)
+        self.trust_path = Path(trust_path)
+        self.host_id = host_id
+        self._pair = self._load()
+
+    def _load(self) -> tuple[HostIdentity, TrustStore]:
+        identity = load_identity(self.identity_path)
+        if identity.host_id != self.host_id:
+            raise IdentityError(
+                f"identity {self.identity_path} is for host {identity.host_id}, not {self.host_id}"
+            )
+        store = load_trust_store(self.trust_path)
+        if self.host_id in store.hosts:
+            raise IdentityError(f"trust store {self.trust_path} lists this host ({self.host_id})")
+        return identity, store
+
+    @property
+    def identity(self) -> HostIdentity:
+        return self._pair[0]
+
+    @property
+    def trust(self) -> TrustStore:
+        return self._pair[1]
+
+    def reload(self) -> tuple[HostIdentity, TrustStore]:
+        # One attribute store: readers see the old pair or the new one, never a mix.
+        self._pair = self._load()
+        return self._pair
+
+    def __repr__(self) -> str:
+        return f"IdentityFiles({self.host_id!r}, {len(self.trust)} trust entries)"
+
+
 def check_identity_files(
     identity_path: str | os.PathLike[str],
     trust_path: str | os.PathLike[str],
@@ -884,14 +929,8 @@ def check_identity_files(
     """What ``proxy --check`` verifies: both files load safely, the identity is this host's,
     it does not trust itself, and every peer that requires the identity suite has an active
     generation in the trust store. Returns a one-line summary."""
-    identity = load_identity(identity_path)
-    if identity.host_id != host_id:
-        raise IdentityError(
-            f"identity {Path(identity_path)} is for host {identity.host_id}, not {host_id}"
-        )
-    store = load_trust_store(trust_path)
-    if host_id in store.hosts:
-        raise IdentityError(f"trust store {Path(trust_path)} lists this host ({host_id})")
+    files = IdentityFiles(identity_path, trust_path, host_id)
+    identity, store = files.identity, files.trust
     for peer in identity_peers:
         try:
             store.active_for(peer)

@@ -98,7 +98,17 @@ def context(source: str = "host-a", target: str = "host-b") -> Context:
 
 def expected_for(key: hs.AttemptKey) -> ExpectedContext:
     """What a target expects of an attempt's blobs: the source the handshake authenticated."""
-    return ExpectedContext.of(context(key.source_host, key.target_host))
+    return key.expect(ChannelType.INPUTS, 0, VM, MIGRATION, 1)
+
+
+def test_attempt_contexts_name_the_authenticated_hosts(fleet: Fleet) -> None:
+    _, pending, offer, source_key = fleet.run()
+    _, target_key = hs.accept(offer, pending, fleet.trust["b"], now=NOW)
+    assert source_key.context(ChannelType.INPUTS, 0, VM, MIGRATION, 1) == context()
+    expected = target_key.expect(ChannelType.INPUTS, 0, VM, MIGRATION, 1)
+    assert expected.sources == frozenset({"host-a"})
+    assert expected.target_host == "host-b"
+    assert expected.migration_id == MIGRATION
 
 
 # --- the happy path ------------------------------------------------------------------------

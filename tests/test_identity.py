@@ -17,6 +17,7 @@ from gateway.identity import (
     SIGNATURE_SIZE,
     HostIdentity,
     HostKey,
+    IdentityFiles,
     IdentityState,
     PublicIdentity,
     TrustStore,
@@ -390,3 +391,24 @@ def test_self_signature_uses_its_own_label(host_a: HostIdentity) -> None:
     doc = json.loads(dump_public(host_a.active))
     signature = base64.b64decode(doc["self_signature"])
     host_a.public.verify(LABEL_SELF, host_a.public.encoded, signature)
+
+
+def test_identity_files_reload_together_or_not_at_all(
+    tmp_path: Path, host_a: HostIdentity, host_b: HostIdentity
+) -> None:
+    identity_path, trust_path = tmp_path / "identity.json", tmp_path / "trust.json"
+    save_identity(host_a, identity_path)
+    save_trust_store(TrustStore().with_peer(host_b.public)[0], trust_path)
+    files = IdentityFiles(identity_path, trust_path, "host-a")
+    assert files.trust.hosts == frozenset({"host-b"})
+    rotated, _ = host_a.with_new_generation(now=NOW, random_bytes=seeded(8))
+    save_identity(rotated, identity_path)
+    identity, _ = files.reload()
+    assert len(identity.keys) == 2
+    # A broken trust store: the reload fails and both files' old contents stay in use.
+    trust_path.write_text("{}")
+    with pytest.raises(IdentityError, match="trust store"):
+        files.reload()
+    assert len(files.identity.keys) == 2
+    assert files.trust.hosts == frozenset({"host-b"})
+    assert "seeds" not in repr(files)
