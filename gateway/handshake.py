@@ -396,12 +396,18 @@ class PendingHello:
     Holds the ephemeral KEM private key; it answers exactly one valid offer, then forgets it.
     """
 
-    __slots__ = ("_kem", "hello_bytes", "hello_hash", "host_id", "key_id", "used")
+    __slots__ = ("_kem", "hello_bytes", "hello_hash", "host_id", "issued_at", "key_id", "used")
 
     def __init__(
-        self, hello_bytes: bytes, kem: hpke.MLKEM768X25519PrivateKey, host_id: str, key_id: bytes
+        self,
+        hello_bytes: bytes,
+        kem: hpke.MLKEM768X25519PrivateKey,
+        host_id: str,
+        key_id: bytes,
+        issued_at: int | None = None,
     ) -> None:
         self.hello_bytes = hello_bytes
+        self.issued_at = parse_hello(hello_bytes).issued_at if issued_at is None else issued_at
         self.hello_hash = hashlib.sha256(hello_bytes).digest()
         self._kem: hpke.MLKEM768X25519PrivateKey | None = kem
         self.host_id = host_id
@@ -439,7 +445,7 @@ def hello(
     )
     message = signed + signer.sign(LABEL_HELLO, signed)
     pending = PendingHello(
-        message, hpke.MLKEM768X25519PrivateKey(ml, x), own.host_id, signer.key_id
+        message, hpke.MLKEM768X25519PrivateKey(ml, x), own.host_id, signer.key_id, issued_at
     )
     return message, pending
 
@@ -502,7 +508,10 @@ def _answer(
             announcement,
         )
     )
-    encapsulation = _SUITE.encrypt(secret, kem, info=LABEL_HPKE + before)
+    try:
+        encapsulation = _SUITE.encrypt(secret, kem, info=LABEL_HPKE + before)
+    except ValueError:  # an X25519 share of low order: no shared secret
+        raise MalformedInput("hello: the ephemeral KEM key is not usable") from None
     signed = before + encapsulation
     message = signed + signer.sign(LABEL_OFFER, signed)
     return message, _attempt(parse_offer(message), hello_bytes, secret, now)
@@ -527,10 +536,13 @@ def accept(
     trust: TrustStore,
     *,
     now: float | None = None,
+    max_hello_age: int = DEFAULT_MAX_HELLO_AGE,
+    clock_skew: int = DEFAULT_CLOCK_SKEW,
 ) -> tuple[bytes, AttemptKey]:
     """The target's check of the offer that answers ``pending``: (announcement, key).
 
-    Order: structure; the pending hello not yet answered; the offer answers this very hello,
+    Order: structure; the pending hello not yet answered nor too old (the same age the source
+    allows, on this host's own clock); the offer answers this very hello,
     names this host and identity, and comes from another host; the source identity is
     accepted by the trust store; its signature verifies; then, and only then, the
     encapsulation is opened. The announcement is returned authenticated, for the caller to
@@ -540,6 +552,9 @@ def accept(
     parsed = parse_offer(offer_bytes)
     if pending.used or pending._kem is None:
         raise Replayed("offer: this hello was already answered")
+    if clock > pending.issued_at + max_hello_age + clock_skew:
+        pending._kem = None  # it can never be answered now
+        raise Expired(f"offer: answers a hello issued {clock - pending.issued_at} s ago")
     if not hmac.compare_digest(parsed.hello_hash, pending.hello_hash):
         raise ContextMismatch("hello", "offer: answers another hello")
     if parsed.target_host != pending.host_id:

@@ -453,3 +453,22 @@ def test_offer_refuses_bad_caller_input(fleet: Fleet) -> None:
         hs.offer(hello, b"x" * (hs.MAX_ANNOUNCEMENT + 1), fleet.a, fleet.trust["a"], "host-b")
     with pytest.raises(ConfigError, match="itself"):
         hs.offer(hello, ANNOUNCEMENT, fleet.b, fleet.trust["b"], "host-b", now=NOW)
+
+
+def test_target_refuses_an_offer_for_a_stale_hello(fleet: Fleet) -> None:
+    _, pending, offer, _ = fleet.run()
+    late = NOW + hs.DEFAULT_MAX_HELLO_AGE + hs.DEFAULT_CLOCK_SKEW + 1
+    with pytest.raises(Expired, match="offer"):
+        hs.accept(offer, pending, fleet.trust["b"], now=late)
+    with pytest.raises(Replayed):  # the ephemeral key is gone
+        hs.accept(offer, pending, fleet.trust["b"], now=NOW)
+
+
+def test_a_low_order_key_share_is_refused_cleanly(fleet: Fleet) -> None:
+    """Even a signed hello (a compromised target) gets a GatewayError, nothing else."""
+    hello, _ = hs.hello(fleet.b, now=NOW)
+    parsed = hs.parse_hello(hello)
+    signed = parsed.signed[:-32] + bytes(32)  # X25519 share of order 1
+    bad = signed + fleet.b.active.sign(hs.LABEL_HELLO, signed)
+    with pytest.raises(MalformedInput, match="not usable"):
+        hs.offer(bad, ANNOUNCEMENT, fleet.a, fleet.trust["a"], "host-b", now=NOW)
