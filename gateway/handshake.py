@@ -73,6 +73,7 @@ from gateway.identity import (
     check_host_id,
 )
 from gateway.keys import Key, Keyring, KeyState
+from gateway.replay import ReplayGuard
 from schemas import ChannelType
 
 __all__ = [
@@ -81,9 +82,11 @@ __all__ = [
     "ENCAPSULATION_SIZE",
     "MAGIC",
     "MAX_ANNOUNCEMENT",
+    "MAX_DIRECT",
     "MAX_HELLO",
     "MAX_OFFER",
     "AttemptKey",
+    "Direct",
     "Hello",
     "Offer",
     "PendingHello",
@@ -91,8 +94,11 @@ __all__ = [
     "SuitePolicy",
     "accept",
     "derive_attempt_key",
+    "direct_accept",
+    "direct_offer",
     "hello",
     "offer",
+    "parse_direct",
     "parse_hello",
     "parse_offer",
     "policy_for",
@@ -103,6 +109,7 @@ MAGIC: Final = b"SMGK"
 VERSION: Final = 1
 TYPE_HELLO: Final = 1
 TYPE_OFFER: Final = 2
+TYPE_DIRECT: Final = 3
 CHALLENGE_SIZE: Final = 32
 SECRET_SIZE: Final = 32
 HASH_SIZE: Final = 32
@@ -122,6 +129,8 @@ LABEL_HPKE: Final = b"spice-migration-gateway handshake attempt secret v1\x00"
 LABEL_TRANSCRIPT: Final = b"spice-migration-gateway handshake transcript v1\x00"
 LABEL_KEY_ID: Final = b"spice-migration-gateway attempt key id v1"
 LABEL_SECRET: Final = b"spice-migration-gateway attempt envelope secret v1"
+LABEL_DIRECT: Final = b"spice-migration-gateway handshake direct offer v1\x00"
+LABEL_DIRECT_HPKE: Final = b"spice-migration-gateway handshake direct attempt secret v1\x00"
 
 _SUITE: Final = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 _PREFIX: Final = struct.Struct(">4sBB")
@@ -140,6 +149,8 @@ MAX_OFFER: Final = (
     + ENCAPSULATION_SIZE
     + SIGNATURE_SIZE
 )
+
+MAX_DIRECT: Final = MAX_OFFER - HASH_SIZE + 8 + CHALLENGE_SIZE
 
 RandomBytes = Callable[[int], bytes]
 
@@ -576,6 +587,171 @@ def accept(
     pending.used = True
     pending._kem = None  # forward secrecy: the ephemeral key goes with the attempt
     return parsed.announcement, _attempt(parsed, pending.hello_bytes, secret, clock)
+
+
+# --- without a peer link: one message to the target's long-term identity ----------------------
+
+
+class Direct(NamedTuple):
+    """A decoded direct offer. Unauthenticated until its signature verified."""
+
+    source_host: str
+    source_key_id: bytes
+    target_host: str
+    target_key_id: bytes
+    issued_at: int
+    nonce: bytes
+    announcement: bytes
+    encapsulation: bytes
+    before_encapsulation: bytes
+    signed: bytes
+    signature: bytes
+
+
+def parse_direct(data: bytes) -> Direct:
+    """Structure only: bounds, magic, version, type, lengths. No signature check."""
+    reader = _start(data, TYPE_DIRECT, MAX_DIRECT, "direct offer")
+    source = reader.host("source host id")
+    source_key_id = reader.take(KEY_ID_SIZE, "source key id")
+    target = reader.host("target host id")
+    target_key_id = reader.take(KEY_ID_SIZE, "target key id")
+    (issued_at,) = _U64.unpack(reader.take(8, "issued-at"))
+    nonce = reader.take(CHALLENGE_SIZE, "nonce")
+    (size,) = _U16.unpack(reader.take(2, "announcement length"))
+    if not 1 <= size <= MAX_ANNOUNCEMENT:
+        raise CountOutOfRange(
+            f"direct offer: announcement length {size} at offset {reader.offset - 2} is "
+            f"outside 1..{MAX_ANNOUNCEMENT}"
+        )
+    announcement = reader.take(size, "announcement")
+    before = reader.offset
+    encapsulation = reader.take(ENCAPSULATION_SIZE, "encapsulation")
+    signed_end = reader.offset
+    signature = reader.take(SIGNATURE_SIZE, "signature")
+    reader.end()
+    return Direct(
+        source,
+        source_key_id,
+        target,
+        target_key_id,
+        issued_at,
+        nonce,
+        announcement,
+        encapsulation,
+        reader.data[:before],
+        reader.data[:signed_end],
+        signature,
+    )
+
+
+def _direct_attempt(parsed: Direct, secret: bytes, now: int) -> AttemptKey:
+    transcript = transcript_hash(b"", parsed.signed)
+    key_id, envelope_secret = derive_attempt_key(secret, transcript)
+    keyring = Keyring([Key(key_id, KeyState.ACTIVE, now, envelope_secret)])
+    return AttemptKey(
+        parsed.source_host,
+        parsed.target_host,
+        parsed.source_key_id,
+        parsed.target_key_id,
+        parsed.announcement,
+        transcript,
+        keyring,
+    )
+
+
+def direct_offer(
+    announcement: bytes,
+    own: HostIdentity,
+    trust: TrustStore,
+    target_host: str,
+    *,
+    now: float | None = None,
+    random_bytes: RandomBytes | None = None,
+) -> tuple[bytes, AttemptKey]:
+    """The source's single message when no peer link exists: a fresh attempt secret encrypted
+    to the target's long-term KEM key (its newest generation this host trusts), signed by the
+    source. No forward secrecy: a later theft of the target's identity file reveals the attempt
+    secrets sent to it."""
+    if not 1 <= len(announcement) <= MAX_ANNOUNCEMENT:
+        raise ConfigError(f"an announcement is 1 to {MAX_ANNOUNCEMENT} bytes")
+    if target_host == own.host_id:
+        raise ConfigError("a host does not migrate to itself")
+    clock = _clock(now)
+    target = trust.newest_for(target_host)
+    rand = random_bytes or os.urandom
+    nonce, secret = rand(CHALLENGE_SIZE), rand(SECRET_SIZE)
+    if len(nonce) != CHALLENGE_SIZE or len(secret) != SECRET_SIZE:
+        raise ConfigError("the random source gave fewer bytes than asked")
+    signer = own.active
+    before = b"".join(
+        (
+            _PREFIX.pack(MAGIC, VERSION, TYPE_DIRECT),
+            _encode_host(own.host_id),
+            signer.key_id,
+            _encode_host(target_host),
+            target.key_id,
+            _U64.pack(clock),
+            nonce,
+            _U16.pack(len(announcement)),
+            announcement,
+        )
+    )
+    encapsulation = _SUITE.encrypt(secret, target.kem_public_key, info=LABEL_DIRECT_HPKE + before)
+    signed = before + encapsulation
+    message = signed + signer.sign(LABEL_DIRECT, signed)
+    return message, _direct_attempt(parse_direct(message), secret, clock)
+
+
+def direct_accept(
+    message: bytes,
+    own: HostIdentity,
+    trust: TrustStore,
+    replay_guard: ReplayGuard,
+    *,
+    now: float | None = None,
+    max_age: int = DEFAULT_MAX_HELLO_AGE,
+    clock_skew: int = DEFAULT_CLOCK_SKEW,
+) -> tuple[bytes, AttemptKey]:
+    """The target's check of a direct offer: (announcement, key).
+
+    Order: structure; addressed to this host and to one of its live generations (pending
+    ones too, so a rotation never strands a source that learned the new one first); the
+    source's generation accepted for that host id; its signature; its age; the encapsulation
+    opened; and last, the replay guard records the offer (durably), so each is used once.
+    """
+    clock = _clock(now)
+    parsed = parse_direct(message)
+    if parsed.target_host != own.host_id:
+        raise ContextMismatch("target_host", "direct offer: addressed to another host")
+    generation = own.get(parsed.target_key_id)
+    if generation is None or not generation.state.accepted:
+        raise UnknownKey(
+            f"direct offer: names generation {parsed.target_key_id.hex()}, not a live one "
+            "of this host"
+        )
+    if parsed.source_host == own.host_id:
+        raise ContextMismatch("source_host", "direct offer: claims to come from this host")
+    source = trust.lookup(parsed.source_host, parsed.source_key_id)
+    source.verify(LABEL_DIRECT, parsed.signed, parsed.signature)
+    if parsed.issued_at > clock + clock_skew:
+        raise NotYetValid(f"direct offer: issued {parsed.issued_at - clock} s in the future")
+    if clock > parsed.issued_at + max_age + clock_skew:
+        raise Expired(f"direct offer: issued {clock - parsed.issued_at} s ago")
+    try:
+        secret = _SUITE.decrypt(
+            parsed.encapsulation,
+            generation.kem_private_key,
+            info=LABEL_DIRECT_HPKE + parsed.before_encapsulation,
+        )
+    except Exception:  # cryptography raises InvalidTag or ValueError here
+        raise AuthenticationFailed("direct offer: the encapsulated secret does not open") from None
+    if len(secret) != SECRET_SIZE:
+        raise MalformedInput(f"direct offer: the attempt secret is {len(secret)} bytes")
+    attempt = _direct_attempt(parsed, secret, clock)
+    replay_guard.consume(
+        attempt.transcript_hash, parsed.issued_at + max_age + 2 * clock_skew, now=clock
+    )
+    return parsed.announcement, attempt
 
 
 # --- suite selection -----------------------------------------------------------------------

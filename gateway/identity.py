@@ -564,6 +564,21 @@ class TrustStore:
                 return entry.public
         raise UnknownKey(f"no active identity of {host_id} in the trust store")
 
+    def newest_for(self, host_id: str) -> PublicIdentity:
+        """The generation of ``host_id`` to encrypt to without a peer link: the newest accepted
+        one (a pending generation already exists in the peer's own file, since the peer made
+        it before exporting it, so encrypting to it is safe during a rotation)."""
+        newest: PublicIdentity | None = None
+        for entry in self._entries:
+            public = entry.public
+            if entry.host_id != host_id or public is None:
+                continue
+            if newest is None or public.created >= newest.created:
+                newest = public
+        if newest is None:
+            raise UnknownKey(f"no accepted identity of {host_id} in the trust store")
+        return newest
+
     def with_peer(
         self, public: PublicIdentity, state: IdentityState | None = None
     ) -> tuple[TrustStore, TrustEntry]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from gateway.errors import (
 )
 from gateway.identity import HostIdentity, TrustStore
 from gateway.keys import Keyring
+from gateway.replay import ReplayGuard
 from schemas import ChannelType
 from schemas.inputs import InputsState
 
@@ -472,3 +474,99 @@ def test_a_low_order_key_share_is_refused_cleanly(fleet: Fleet) -> None:
     bad = signed + fleet.b.active.sign(hs.LABEL_HELLO, signed)
     with pytest.raises(MalformedInput, match="not usable"):
         hs.offer(bad, ANNOUNCEMENT, fleet.a, fleet.trust["a"], "host-b", now=NOW)
+
+
+# --- without a peer link: the direct offer ---------------------------------------------------
+
+
+@pytest.fixture
+def guard(tmp_path: Path) -> ReplayGuard:
+    return ReplayGuard(tmp_path / "replay.sqlite")
+
+
+def test_direct_offer_agrees_a_key_once(fleet: Fleet, guard: ReplayGuard) -> None:
+    message, source_key = hs.direct_offer(
+        ANNOUNCEMENT, fleet.a, fleet.trust["a"], "host-b", now=NOW
+    )
+    assert len(message) <= hs.MAX_DIRECT
+    announcement, target_key = hs.direct_accept(message, fleet.b, fleet.trust["b"], guard, now=NOW)
+    assert announcement == ANNOUNCEMENT
+    assert source_key.keyring.active.secret == target_key.keyring.active.secret
+    assert (target_key.source_host, target_key.target_host) == ("host-a", "host-b")
+    blob = seal(
+        state(),
+        source_key.context(ChannelType.INPUTS, 0, VM, MIGRATION, 1),
+        source_key.keyring,
+        now=NOW,
+    )
+    verify(blob, expected_for(target_key), target_key.keyring, now=NOW)
+    with pytest.raises(Replayed):
+        hs.direct_accept(message, fleet.b, fleet.trust["b"], guard, now=NOW)
+    other, other_key = hs.direct_offer(ANNOUNCEMENT, fleet.a, fleet.trust["a"], "host-b", now=NOW)
+    assert other_key.key_id != source_key.key_id
+    hs.direct_accept(other, fleet.b, fleet.trust["b"], guard, now=NOW)
+
+
+def test_direct_offer_third_host(fleet: Fleet, guard: ReplayGuard) -> None:
+    message, _ = hs.direct_offer(ANNOUNCEMENT, fleet.a, fleet.trust["a"], "host-b", now=NOW)
+    # C is not the target: refused, and its own KEM key does not open the encapsulation.
+    with pytest.raises(ContextMismatch, match="another host"):
+        hs.direct_accept(message, fleet.c, fleet.trust["c"], guard, now=NOW)
+    parsed = hs.parse_direct(message)
+    with pytest.raises(Exception):  # noqa: B017, PT011 - cryptography's own error
+        hs._SUITE.decrypt(
+            parsed.encapsulation,
+            fleet.c.active.kem_private_key,
+            info=hs.LABEL_DIRECT_HPKE + parsed.before_encapsulation,
+        )
+    # C re-signs A's message as itself after changing the source: another host's identity.
+    signed = b"SMGK\x01\x03\x06host-a" + fleet.c.active.key_id + parsed.signed[7 + 6 + 16 :]
+    forged = signed + fleet.c.active.sign(hs.LABEL_DIRECT, signed)
+    with pytest.raises(ContextMismatch, match="another host"):
+        hs.direct_accept(forged, fleet.b, fleet.trust["b"], guard, now=NOW)
+    # ... or keeps A's identity with its own signature.
+    spliced = parsed.signed + fleet.c.active.sign(hs.LABEL_DIRECT, parsed.signed)
+    with pytest.raises(AuthenticationFailed):
+        hs.direct_accept(spliced, fleet.b, fleet.trust["b"], guard, now=NOW)
+    # Nothing refused was recorded: the genuine message still opens once.
+    hs.direct_accept(message, fleet.b, fleet.trust["b"], guard, now=NOW)
+
+
+def test_direct_offer_age_and_structure(fleet: Fleet, guard: ReplayGuard) -> None:
+    message, _ = hs.direct_offer(ANNOUNCEMENT, fleet.a, fleet.trust["a"], "host-b", now=NOW)
+    args = (message, fleet.b, fleet.trust["b"], guard)
+    with pytest.raises(Expired):
+        hs.direct_accept(*args, now=NOW + hs.DEFAULT_MAX_HELLO_AGE + hs.DEFAULT_CLOCK_SKEW + 1)
+    with pytest.raises(NotYetValid):
+        hs.direct_accept(*args, now=NOW - hs.DEFAULT_CLOCK_SKEW - 1)
+    cases: list[tuple[bytes, type[GatewayError]]] = [
+        (message[:-1], Truncated),
+        (message + b"\x00", UnaccountedBytes),
+        (message[:5] + b"\x02" + message[6:], MalformedInput),
+        (message + bytes(hs.MAX_DIRECT), TooLarge),
+    ]
+    for data, error in cases:
+        with pytest.raises(error):
+            hs.direct_accept(data, fleet.b, fleet.trust["b"], guard, now=NOW)
+    for position in range(0, len(message), 89):
+        flipped = bytearray(message)
+        flipped[position] ^= 0x10
+        with pytest.raises(GatewayError):
+            hs.direct_accept(bytes(flipped), fleet.b, fleet.trust["b"], guard, now=NOW)
+    hs.direct_accept(message, fleet.b, fleet.trust["b"], guard, now=NOW)
+
+
+def test_direct_offer_through_a_target_rotation(fleet: Fleet, guard: ReplayGuard) -> None:
+    """B adds a generation and its peers learn it: sources encrypt to it at once, and B, which
+    made it first, opens it before and after it rotates."""
+    b_next, new = fleet.b.with_new_generation(now=NOW + 1, random_bytes=seeded(9))
+    a_trust, _ = fleet.trust["a"].with_peer(new.public)
+    assert a_trust.newest_for("host-b").key_id == new.key_id
+    for target in (b_next, b_next.rotated()[0]):
+        message, _ = hs.direct_offer(ANNOUNCEMENT, fleet.a, a_trust, "host-b", now=NOW)
+        assert hs.parse_direct(message).target_key_id == new.key_id
+        hs.direct_accept(message, target, fleet.trust["b"], guard, now=NOW)
+    # An offer to the old generation fails once B has retired it.
+    old, _ = hs.direct_offer(ANNOUNCEMENT, fleet.a, fleet.trust["a"], "host-b", now=NOW)
+    with pytest.raises(UnknownKey, match="not a live one"):
+        hs.direct_accept(old, b_next.rotated()[0], fleet.trust["b"], guard, now=NOW)
