@@ -1163,6 +1163,40 @@ def handshake_offer_seeds() -> Seeds:
     return seeds
 
 
+def handshake_direct_seeds() -> Seeds:
+    import _identities
+
+    from gateway import handshake
+
+    def direct(announcement: bytes, now: int = _identities.NOW) -> bytes:
+        return handshake.direct_offer(
+            announcement,
+            _identities.SOURCE,
+            _identities.SOURCE_TRUST,
+            _identities.TARGET.host_id,
+            now=now,
+        )[0]
+
+    messages = [
+        direct(_identities.ANNOUNCEMENT),
+        direct(b"x"),
+        direct(b"y" * handshake.MAX_ANNOUNCEMENT),
+        direct(_identities.ANNOUNCEMENT, _identities.NOW - 91),
+        direct(_identities.ANNOUNCEMENT, _identities.NOW + 31),
+    ]
+    message = messages[0]
+    size = len(_identities.ANNOUNCEMENT)
+    at = 6 + 7 + 16 + 7 + 16 + 8 + 32  # the announcement length
+    boundaries = [4, 5, 6, 7, 13, 29, 36, 52, 60, at, at + 2, at + 2 + size]
+    seeds = Seeds(inputs=[*messages, *_message_variants(message, boundaries)])
+    seeds.inputs.append(message[:6] + b"\x06host-b" + message[13:])  # from the target itself
+    seeds.inputs.append(message[:29] + b"\x06host-c" + message[36:])  # for another host
+    seeds.inputs.append(message[:at] + b"\x00\x00" + message[at + 2 :])
+    seeds.inputs.append(message + bytes(handshake.MAX_DIRECT - len(message) + 1))
+    seeds.words = [handshake.MAGIC, b"SMGK\x01\x03", b"\x06host-b", b"\x06host-a"]
+    return seeds
+
+
 # --- driving it ------------------------------------------------------------------------------
 
 
@@ -1185,6 +1219,7 @@ def generate(harness: _table.Harness) -> Seeds | None:
         "trust_store": trust_store_seeds,
         "handshake_hello": handshake_hello_seeds,
         "handshake_offer": handshake_offer_seeds,
+        "handshake_direct": handshake_direct_seeds,
     }
     generator = generators.get(name)
     return generator() if generator else None
