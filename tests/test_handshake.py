@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway import handshake as hs
 from gateway.envelope import Context, ExpectedContext, seal, verify
@@ -570,3 +572,30 @@ def test_direct_offer_through_a_target_rotation(fleet: Fleet, guard: ReplayGuard
     old, _ = hs.direct_offer(ANNOUNCEMENT, fleet.a, fleet.trust["a"], "host-b", now=NOW)
     with pytest.raises(UnknownKey, match="not a live one"):
         hs.direct_accept(old, b_next.rotated()[0], fleet.trust["b"], guard, now=NOW)
+
+
+# --- properties ------------------------------------------------------------------------------
+
+_FLEET = Fleet()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(announcement=st.binary(min_size=1, max_size=hs.MAX_ANNOUNCEMENT))
+def test_any_announcement_round_trips(announcement: bytes) -> None:
+    _, pending, offer, key = _FLEET.run(announcement=announcement)
+    got, target_key = hs.accept(offer, pending, _FLEET.trust["b"], now=NOW)
+    assert got == announcement
+    assert target_key.key_id == key.key_id
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_no_changed_byte_is_accepted(data: st.DataObject) -> None:
+    _, pending, offer, _ = _FLEET.run()
+    position = data.draw(st.integers(0, len(offer) - 1), label="position")
+    xor = data.draw(st.integers(1, 255), label="xor")
+    changed = bytearray(offer)
+    changed[position] ^= xor
+    with pytest.raises(GatewayError):
+        hs.accept(bytes(changed), pending, _FLEET.trust["b"], now=NOW)
+    assert not pending.used
