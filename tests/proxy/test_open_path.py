@@ -3,7 +3,9 @@
 The blobs of one session's channels are verified as they come and their replay records share
 commits, so the session's first blob cannot pin its migration id before it is recorded. These
 tests pin down what that must still guarantee: one migration per session, nothing recorded for
-a refused blob, and a replayed blob pinning nothing.
+a refused blob, and a replayed blob pinning nothing. They run with ``peer_link_down =
+"first-blob"`` (no attempt announced, the session's first blob pins), the mode in which the pin
+is the only binding to a migration; ``test_attempts.py`` covers the announced attempts.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def target(tmp_path: Path) -> Iterator[Target]:
         replay_db=str(tmp_path / "replay.sqlite"),
         peers=(Peer(host_id=SOURCE_HOST, addresses=("127.0.0.1:5900",)),),
         routes=(Route(name="vm", listen="127.0.0.1:5901", upstream="127.0.0.1:5902", vm_id=VM),),
+        peer_link_down="first-blob",
     )
     keyring = Keyring.create()
     with ReplayGuard(config.replay_db) as guard:
