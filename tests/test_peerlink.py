@@ -241,7 +241,7 @@ def test_an_oversized_frame_is_refused_from_its_header() -> None:
     with pytest.raises(BadMagic):
         FrameReader().feed(b"SMGX")
     reader = FrameReader()
-    assert reader.feed(header[:HEADER_SIZE - 1]) == []
+    assert reader.feed(header[: HEADER_SIZE - 1]) == []
     assert reader.pending == HEADER_SIZE - 1
 
 
