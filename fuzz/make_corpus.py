@@ -35,6 +35,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ os.environ.setdefault("SMG_FUZZ_INSTRUMENT", "0")  # generating needs no coverag
 import _harness
 import _table
 
-from gateway import native
+from gateway import native, peerlink
 from gateway.envelope import DEFAULT_POLICY, DEFAULT_TTL, MAGIC
 from gateway.keys import FILE_KIND, Key, Keyring, KeyState, dump_keyring
 from gateway.native._layout import BytesBlock, Field, Layout
@@ -916,6 +917,60 @@ def proxy_config_seeds() -> Seeds:
     return seeds
 
 
+def peer_link_seeds() -> Seeds:
+    link = _table.load(_table.discover(["peer_link"])[0])
+    good = link.announce()
+    other_vm = link.announce(vm_id=link.VMS[1])
+    challenge = link.challenge()
+    accepted = peerlink.encode_verdict(peerlink.Verdict(True, ""))
+    refused = peerlink.encode_verdict(peerlink.Verdict(False, "AuthenticationFailed"))
+    foreign = peerlink.encode_challenge(peerlink.Challenge("host-c", bytes(32)))
+    seeds = Seeds()
+    # 0: the target's end, split somewhere.
+    for split in (0, 12, 40, 255):
+        seeds.inputs.append(bytes((0, split)) + good)
+    for variant in (
+        other_vm,
+        link.announce(vm_id=uuid.UUID(int=7)),
+        link.announce(target_host="host-c"),
+        link.announce(source_host="host-z"),
+        link.announce(issued_at=link.NOW - 60),
+        link.announce(issued_at=link.NOW + 60),
+        link.announce(channels=()),
+        link.announce(channels=tuple((t, 0) for t in range(1, 65))),
+        link.announce(suite_data=b"\x01" * 40),
+        good[:-1],
+        good + good,
+        good[:-1] + bytes((good[-1] ^ 1,)),
+    ):
+        seeds.inputs.append(bytes((0, 0)) + variant)
+    # 1: the source's end.
+    seeds.inputs += [
+        b"\x01" + challenge + accepted,
+        b"\x01" + challenge + refused,
+        b"\x01" + challenge,
+        b"\x01" + foreign,
+        b"\x01" + challenge[:-3],
+        b"\x01" + challenge + challenge,
+    ]
+    # 2: the decoders alone.
+    seeds.inputs += [
+        b"\x02" + frame for frame in (challenge, accepted, refused, good, other_vm, foreign)
+    ]
+    seeds.inputs += [b"\x02" + good[:12], b"\x02SMGP\x01\x02\x01\x00\xff\xff\xff\xff"]
+    seeds.words = [
+        peerlink.MAGIC,
+        b"\x01\x01\x01\x00",
+        b"\x01\x02\x01\x00",
+        b"\x01\x03\x01\x00",
+        link.TARGET.encode(),
+        link.SOURCE.encode(),
+        link.VMS[0].bytes,
+        link.KEYRING.active.key_id,
+    ]
+    return seeds
+
+
 _DROP = object()
 
 
@@ -936,6 +991,7 @@ def generate(harness: _table.Harness) -> Seeds | None:
         "envelope_payload_structured": builder_seeds,
         "keyring": keyring_seeds,
         "proxy_config": proxy_config_seeds,
+        "peer_link": peer_link_seeds,
     }
     generator = generators.get(name)
     return generator() if generator else None
