@@ -423,14 +423,9 @@ class ChannelHandler:
         return session, verified
 
     def _check_attempt(self, session: Session, verified: Verified) -> None:
-        """The blob belongs to the attempt this target runs: issued after the session began
-        here, and of the newest attempt its VM's source announced over the peer link."""
-        skew = self.state.config.limits.clock_skew
-        if session.began_at and verified.issued_at < session.began_at - skew:
-            raise Expired(
-                f"{self.channel}: blob issued {session.began_at - verified.issued_at:.0f} s "
-                "before this session began on the target"
-            )
+        """The blob belongs to the attempt this target runs: the newest one its VM's source
+        announced over the peer link, and issued after the session began here."""
+        context = verified.context
         attempt = self.state.attempts.current(self.route.vm_id)
         if attempt is None:
             if self.state.config.peer_link_down == "refuse":
@@ -438,22 +433,23 @@ class ChannelHandler:
                     "attempt",
                     f"{self.channel}: no migration of this VM was announced over the peer link",
                 )
-            return
-        context = verified.context
-        if context.migration_id != attempt.migration_id:
-            raise ContextMismatch(
-                "migration_id",
-                f"context field 'migration_id' is not the announced attempt's ({self.channel})",
-            )
-        if context.source_host != attempt.source_host:
-            raise ContextMismatch(
-                "source_host",
-                f"context field 'source_host' is not the announced attempt's ({self.channel})",
-            )
-        if (self.channel_type, self.channel_id) not in attempt.channels:
-            raise ContextMismatch(
-                "channel_id",
-                f"context field 'channel_id': {self.channel} was not announced for the attempt",
+        else:
+            for name, matches in (
+                ("migration_id", context.migration_id == attempt.migration_id),
+                ("source_host", context.source_host == attempt.source_host),
+                ("channel_id", (self.channel_type, self.channel_id) in attempt.channels),
+            ):
+                if not matches:
+                    raise ContextMismatch(
+                        name,
+                        f"context field {name!r} does not match "
+                        f"({self.channel_kind} channel {self.channel_id})",
+                    )
+        skew = self.state.config.limits.clock_skew
+        if session.began_at and verified.issued_at < session.began_at - skew:
+            raise Expired(
+                f"{self.channel}: blob issued {session.began_at - verified.issued_at:.0f} s "
+                "before this session began on the target"
             )
 
     def _claim(self, session: Session, verified: Verified) -> Callable[[], None]:
