@@ -468,8 +468,8 @@ class ChannelHandler:
             if attempt is not None and attempt.migration_id != migration_id:
                 raise ContextMismatch(
                     "migration_id",
-                    f"context field 'migration_id' is of an attempt superseded by a newer one "
-                    f"({self.channel})",
+                    f"context field 'migration_id' does not match ({self.channel_kind} channel "
+                    f"{self.channel_id}): a newer attempt superseded it",
                 )
             with session.lock:
                 if session.migration_id is None:
