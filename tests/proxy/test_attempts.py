@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway import native, peerlink
-from gateway.envelope import Context, Policy, seal
+from gateway import peerlink
+from gateway.envelope import Context, seal
 from gateway.errors import ContextMismatch, Expired
 from gateway.keys import Keyring, load_keyring
 from gateway.peerlink import ChallengeAnswered, SourceLink, TargetLink
-from gateway.proxy.channel import ChannelHandler, ProxyState
-from gateway.proxy.config import Peer, ProxyConfig, Route
-from gateway.proxy.sessions import Attempt, AttemptTable, SessionTable
-from gateway.replay import ReplayGuard
-from gateway.service.metrics import Metrics
+from gateway.proxy.sessions import Attempt
 from gateway.spice.constants import ChannelType, Msgc
 
 from .conftest import SOURCE_HOST, TARGET_HOST, LogRecords, Proxies, Rig
-from .peers import ALL_CHANNELS, TIMEOUT, ClientSession, native_payloads
-from .test_open_path import migrate_data
+from .peers import ALL_CHANNELS, TIMEOUT, ClientSession
+from .test_open_path import CHANNELS, VM, Target, migrate_data, target_state
 from .test_tamper import assert_outcome, migrate, prepare
 
 Channel = tuple[int, int]
@@ -347,9 +343,6 @@ async def test_garbage_on_the_peer_link_is_refused(proxies: Proxies, logs: LogRe
 
 # --- the target's decisions without sockets ---------------------------------------------------
 
-VM = uuid.UUID("3c9a3a8e-6a47-4c35-b1f4-97d0d1a9e2b6")
-PAYLOADS = native_payloads()
-
 
 class Clock:
     def __init__(self, now: float) -> None:
@@ -360,98 +353,86 @@ class Clock:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[ProxyState]:
-    config = ProxyConfig(
-        host_id=TARGET_HOST,
-        keyring=str(tmp_path / "keyring.json"),
-        replay_db=str(tmp_path / "replay.sqlite"),
-        peers=(Peer(host_id=SOURCE_HOST, addresses=("127.0.0.1:5900",)),),
-        routes=(Route(name="vm", listen="127.0.0.1:5901", upstream="127.0.0.1:5902", vm_id=VM),),
-    )
-    keyring = Keyring.create()
-    with ReplayGuard(config.replay_db) as guard:
-        yield ProxyState(
-            config=config,
-            keyring=lambda: keyring,
-            replay_guard=guard,
-            sessions=SessionTable(),
-            metrics=Metrics(),
-            policy=Policy(),
-            clock=Clock(1_800_000_000.0),
-            attempts=AttemptTable(),
-        )
+def clock() -> Clock:
+    return Clock(1_800_000_000.0)
 
 
-def handler(state: ProxyState, channel: ChannelType, session_id: int) -> ChannelHandler:
-    result = ChannelHandler(state, state.config.routes[0], "client")
-    result.channel_type, result.channel_id = int(channel), 0
-    result._attach(session_id)
-    assert result.session is not None
-    result.session.link((int(channel), 0))
-    return result
+@pytest.fixture
+def target(tmp_path: Path, clock: Clock) -> Iterator[Target]:
+    with target_state(tmp_path, peer_link_down="refuse", clock=clock) as found:
+        yield found
 
 
-def blob(state: ProxyState, channel: ChannelType, migration: uuid.UUID, now: float) -> bytes:
+def blob(target: Target, channel: ChannelType, migration: uuid.UUID, now: float) -> bytes:
     context = Context(channel, 0, VM, migration, SOURCE_HOST, TARGET_HOST, 1)
-    return seal(
-        native.decode(channel, PAYLOADS[channel]), context, state.keyring(), ttl=3600, now=now
-    )
+    return seal(target.states[channel], context, target.keyring, ttl=3600, now=now)
 
 
-def announce(state: ProxyState, migration: uuid.UUID) -> None:
-    state.attempts.announce(
+def announce(
+    target: Target, migration: uuid.UUID, channels: Iterable[ChannelType] = CHANNELS
+) -> None:
+    target.state.attempts.announce(
         Attempt(
             VM,
             migration,
             SOURCE_HOST,
-            frozenset((int(t), i) for t, i in ALL_CHANNELS),
-            int(state.clock()),
+            frozenset((int(channel), 0) for channel in channels),
+            int(target.state.clock()),
         )
     )
 
 
-async def test_a_blob_issued_before_the_session_began_is_refused(state: ProxyState) -> None:
+async def test_a_blob_issued_before_the_session_began_is_refused(
+    target: Target, clock: Clock
+) -> None:
     """Not-before: even of the announced attempt, a blob older than the session (beyond the
     skew) was sealed for an earlier one."""
     migration = uuid.uuid4()
-    issued = state.clock()
-    old = blob(state, ChannelType.DISPLAY, migration, issued)
-    assert isinstance(state.clock, Clock)
-    state.clock.now += state.config.limits.clock_skew + 1
-    announce(state, migration)
-    display = handler(state, ChannelType.DISPLAY, 0x61)
+    skew = target.state.config.limits.clock_skew
+    old = blob(target, ChannelType.DISPLAY, migration, clock.now)
+    clock.now += skew + 1
+    announce(target, migration)
     with pytest.raises(Expired, match="before this session began"):
-        await display.rewrite(migrate_data(old))
+        await target.handler(ChannelType.DISPLAY, 0x61).rewrite(migrate_data(old))
     # Within the skew, it passes.
-    inputs = handler(state, ChannelType.INPUTS, 0x62)
-    fresh = blob(
-        state, ChannelType.INPUTS, migration, state.clock() - state.config.limits.clock_skew
-    )
-    await inputs.rewrite(migrate_data(fresh))
-    assert len(state.replay_guard) == 1
+    fresh = blob(target, ChannelType.INPUTS, migration, clock.now - skew)
+    await target.handler(ChannelType.INPUTS, 0x62).rewrite(migrate_data(fresh))
+    assert len(target.guard) == 1
 
 
 async def test_an_attempt_superseded_after_verification_is_refused_at_the_record(
-    state: ProxyState,
+    target: Target, clock: Clock
 ) -> None:
     first, second = uuid.uuid4(), uuid.uuid4()
-    announce(state, first)
-    display = handler(state, ChannelType.DISPLAY, 0x63)
-    verified = display._verify(blob(state, ChannelType.DISPLAY, first, state.clock()))
-    announce(state, second)
+    announce(target, first)
+    display = target.handler(ChannelType.DISPLAY, 0x63)
+    verified = display._verify(blob(target, ChannelType.DISPLAY, first, clock.now))
+    announce(target, second)
     with pytest.raises(ContextMismatch, match="superseded"):
         await asyncio.to_thread(display._accept, *verified)
-    assert len(state.replay_guard) == 0
+    assert len(target.guard) == 0
 
 
-async def test_a_channel_the_source_did_not_announce_is_refused(state: ProxyState) -> None:
+async def test_a_channel_the_source_did_not_announce_is_refused(
+    target: Target, clock: Clock
+) -> None:
     migration = uuid.uuid4()
-    state.attempts.announce(
-        Attempt(VM, migration, SOURCE_HOST, frozenset({(int(ChannelType.MAIN), 0)}), 0)
-    )
-    display = handler(state, ChannelType.DISPLAY, 0x64)
+    announce(target, migration, [ChannelType.MAIN])
+    display = target.handler(ChannelType.DISPLAY, 0x64)
+    with pytest.raises(ContextMismatch) as caught:
+        await display.rewrite(migrate_data(blob(target, ChannelType.DISPLAY, migration, clock.now)))
+    assert caught.value.field == "channel_id"
+    assert len(target.guard) == 0
+
+
+async def test_no_announced_attempt_is_refused_and_counted(target: Target, clock: Clock) -> None:
+    display = target.handler(ChannelType.DISPLAY, 0x65)
     with pytest.raises(ContextMismatch) as caught:
         await display.rewrite(
-            migrate_data(blob(state, ChannelType.DISPLAY, migration, state.clock()))
+            migrate_data(blob(target, ChannelType.DISPLAY, uuid.uuid4(), clock.now))
         )
-    assert caught.value.field == "channel_id"
+    assert caught.value.field == "attempt"
+    assert (
+        target.state.metrics.get("smg_refused_total", reason="peer_link_down", channel="display")
+        == 1
+    )
