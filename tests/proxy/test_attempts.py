@@ -9,6 +9,7 @@ that attempt's own.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -125,6 +126,9 @@ async def test_a_link_down_refuses_the_migration_and_says_why(
         await prepare(session)
         (down,) = logs.audit("peer_link_down")
         assert down["reason"] == "unreachable"
+        assert [
+            r.levelno for r in logs.records if logs.fields(r).get("event") == "peer_link_down"
+        ] == [logging.WARNING]
         assert down["target"] == TARGET_HOST
         assert rig.source_proxy.metrics.get("smg_peer_link_down_total", reason="unreachable") == 1
         await migrate(rig, session, session.legs)
