@@ -35,6 +35,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ os.environ.setdefault("SMG_FUZZ_INSTRUMENT", "0")  # generating needs no coverag
 import _harness
 import _table
 
-from gateway import native
+from gateway import native, peerlink
 from gateway.envelope import DEFAULT_POLICY, DEFAULT_TTL, MAGIC
 from gateway.keys import FILE_KIND, Key, Keyring, KeyState, dump_keyring
 from gateway.native._layout import BytesBlock, Field, Layout
@@ -885,6 +886,12 @@ def proxy_config_seeds() -> Seeds:
         full.replace(b"blob_ttl = 300", b"blob_ttl = 0"),
         full.replace(b'tls_key = "/etc/pki/key.pem"\n', b""),
         full + b"unknown = 1\n",
+        full.replace(
+            b'control_socket = "/run',
+            b'peer_listen = "192.0.2.11:5999"\npeer_link_down = "refuse"\ncontrol_socket = "/run',
+        ).replace(b'5901"]\n', b'5901"]\npeer_address = "192.0.2.12:5999"\n'),
+        b'peer_listen = "192.0.2.11:5901"\n' + full,
+        b'peer_link_down = "accept"\n' + full,
         b"",
         b"host_id = 1",
         b"[" * 2000,
@@ -906,12 +913,72 @@ def proxy_config_seeds() -> Seeds:
         b"tls_key",
         b"upstream_tls",
         b"upstream_ca",
+        b"peer_listen",
+        b"peer_address",
+        b"peer_link_down",
+        b'"refuse"',
+        b'"first-blob"',
+        b"peer_timeout",
         b"127.0.0.1:5900",
         b"[::1]:5900",
         b":65535",
         b":65536",
         b"true",
         b"1e308",
+    ]
+    return seeds
+
+
+def peer_link_seeds() -> Seeds:
+    link = _table.load(_table.discover(["peer_link"])[0])
+    good = link.announce()
+    other_vm = link.announce(vm_id=link.VMS[1])
+    challenge = link.challenge()
+    accepted = peerlink.encode_verdict(peerlink.Verdict(True, ""))
+    refused = peerlink.encode_verdict(peerlink.Verdict(False, "AuthenticationFailed"))
+    foreign = peerlink.encode_challenge(peerlink.Challenge("host-c", bytes(32)))
+    seeds = Seeds()
+    # 0: the target's end, split somewhere.
+    for split in (0, 12, 40, 255):
+        seeds.inputs.append(bytes((0, split)) + good)
+    for variant in (
+        other_vm,
+        link.announce(vm_id=uuid.UUID(int=7)),
+        link.announce(target_host="host-c"),
+        link.announce(source_host="host-z"),
+        link.announce(issued_at=link.NOW - 60),
+        link.announce(issued_at=link.NOW + 60),
+        link.announce(channels=()),
+        link.announce(channels=tuple((t, 0) for t in range(1, 65))),
+        link.announce(suite_data=b"\x01" * 40),
+        good[:-1],
+        good + good,
+        good[:-1] + bytes((good[-1] ^ 1,)),
+    ):
+        seeds.inputs.append(bytes((0, 0)) + variant)
+    # 1: the source's end.
+    seeds.inputs += [
+        b"\x01" + challenge + accepted,
+        b"\x01" + challenge + refused,
+        b"\x01" + challenge,
+        b"\x01" + foreign,
+        b"\x01" + challenge[:-3],
+        b"\x01" + challenge + challenge,
+    ]
+    # 2: the decoders alone.
+    seeds.inputs += [
+        b"\x02" + frame for frame in (challenge, accepted, refused, good, other_vm, foreign)
+    ]
+    seeds.inputs += [b"\x02" + good[:12], b"\x02SMGP\x01\x02\x01\x00\xff\xff\xff\xff"]
+    seeds.words = [
+        peerlink.MAGIC,
+        b"\x01\x01\x01\x00",
+        b"\x01\x02\x01\x00",
+        b"\x01\x03\x01\x00",
+        link.TARGET.encode(),
+        link.SOURCE.encode(),
+        link.VMS[0].bytes,
+        link.KEYRING.active.key_id,
     ]
     return seeds
 
@@ -1220,6 +1287,7 @@ def generate(harness: _table.Harness) -> Seeds | None:
         "handshake_hello": handshake_hello_seeds,
         "handshake_offer": handshake_offer_seeds,
         "handshake_direct": handshake_direct_seeds,
+        "peer_link": peer_link_seeds,
     }
     generator = generators.get(name)
     return generator() if generator else None

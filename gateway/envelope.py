@@ -656,6 +656,10 @@ class Verified:
     def blob_id(self) -> bytes:
         return self._opened.blob_id
 
+    @property
+    def issued_at(self) -> int:
+        return self._opened.issued_at
+
     def consume(
         self, replay_guard: ReplayGuard, *, claim: Callable[[], None] | None = None
     ) -> Opened:

@@ -362,3 +362,35 @@ def test_identity_files_and_suites_parse() -> None:
 )
 def test_bad_identity_settings_are_refused(addition: str, message: str) -> None:
     assert message in refused(with_top(MINIMAL, addition))
+def test_peer_link_defaults_fail_closed_with_a_short_lifetime() -> None:
+    config = parse_config(MINIMAL.encode())
+    assert config.peer_listen is None
+    assert config.peer_link_down == "refuse"
+    assert config.limits.blob_ttl == 10
+    assert config.limits.peer_timeout == 5.0
+
+
+def test_peer_link_settings_parse() -> None:
+    text = 'peer_listen = "[::]:5999"\npeer_link_down = "first-blob"\n' + MINIMAL
+    text += peer("b", '["10.0.0.2:5900"]') + 'peer_address = "10.0.0.2:5999"\n'
+    config = parse_config(text.encode())
+    assert config.peer_listen == "[::]:5999"
+    assert config.peer_link_down == "first-blob"
+    found = config.peer("b")
+    assert found is not None
+    assert found.peer_address == "10.0.0.2:5999"
+    assert config.peer("c") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('peer_listen = "nowhere"\n' + MINIMAL, "is not HOST:PORT"),
+        ('peer_listen = "127.0.0.1:5900"\n' + MINIMAL, "peer_listen is also a route's listen"),
+        ('peer_link_down = "accept"\n' + MINIMAL, "peer_link_down"),
+        (MINIMAL + peer() + 'peer_address = "x:0"\n', "peers.0.peer_address"),
+        (MINIMAL + "\n[limits]\npeer_timeout = 0\n", "limits.peer_timeout"),
+    ],
+)
+def test_bad_peer_link_settings_are_refused(text: str, message: str) -> None:
+    assert message in refused(text)

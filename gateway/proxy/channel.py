@@ -20,8 +20,8 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from gateway import native
 from gateway.envelope import (
@@ -33,10 +33,10 @@ from gateway.envelope import (
     seal,
     verify,
 )
-from gateway.errors import ContextMismatch, GatewayError, ProtocolError
+from gateway.errors import ContextMismatch, Expired, GatewayError, ProtocolError
 from gateway.keys import Keyring
 from gateway.proxy.config import ProxyConfig, Route
-from gateway.proxy.sessions import DATA_CHANNELS, Session, SessionTable
+from gateway.proxy.sessions import DATA_CHANNELS, AttemptTable, Session, SessionTable
 from gateway.replay import ReplayGuard
 from gateway.service.logs import audit, log
 from gateway.service.metrics import Metrics
@@ -60,7 +60,14 @@ from gateway.spice.messages import (
     MigrateSwitchHost,
 )
 
-__all__ = ["INLINE_SEAL_LIMIT", "ChannelHandler", "ProxyState"]
+__all__ = ["AWAITED", "INLINE_SEAL_LIMIT", "Announcer", "ChannelHandler", "ProxyState"]
+
+#: Migration messages the proxy hands to :meth:`ChannelHandler.rewrite` (they may wait).
+AWAITED = (MigrateData, ClientMigrateData, MigrateBeginSeamless)
+
+#: Source side: announce the session's new attempt to its target over the peer link; True
+#: when the target took it. Holds the client's MIGRATE_BEGIN_SEAMLESS until it returns.
+Announcer = Callable[[Route, Session], Awaitable[bool]]
 
 #: Payloads below this size are sealed or verified on the event loop (see
 #: :meth:`ChannelHandler.rewrite`).
@@ -78,6 +85,9 @@ class ProxyState:
     metrics: Metrics
     policy: Policy
     clock: Callable[[], float] = time.time
+    #: Target side: the attempt each VM's source announced over the peer link.
+    attempts: AttemptTable = field(default_factory=AttemptTable)
+    announcer: Announcer | None = None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -176,6 +186,13 @@ class ChannelHandler:
         one fsync. A large payload (pending device data) goes to a thread whole.
         """
         migration = event.migration
+        if isinstance(migration, MigrateBeginSeamless):
+            # The client learns where to go only once the target knows the attempt.
+            self._observe(migration)
+            session = self.session
+            if self.state.announcer is not None and session is not None:
+                await self.state.announcer(self.route, session)
+            return event.raw
         if isinstance(migration, MigrateData | ClientMigrateData) and (
             len(migration.payload) >= INLINE_SEAL_LIMIT
         ):
@@ -218,7 +235,9 @@ class ChannelHandler:
             if self.session.session_id == session_id:
                 return
             self.state.sessions.detach(self.session)
-        self.session = self.state.sessions.attach(self.route.name, session_id)
+        self.session = self.state.sessions.attach(
+            self.route.name, session_id, now=self.state.clock()
+        )
 
     def _guard(self, message: object) -> None:
         """Refuse the two client messages that make spice-server abort when unexpected.
@@ -396,10 +415,42 @@ class ChannelHandler:
                 policy=self.state.policy,
                 now=self.state.clock(),
             )
+            self._check_attempt(session, verified)
         except GatewayError as error:
-            self.refuse("open", error)
+            unannounced = isinstance(error, ContextMismatch) and error.field == "attempt"
+            self.refuse("peer_link_down" if unannounced else "open", error)
             raise  # pragma: no cover - refuse() raises
         return session, verified
+
+    def _check_attempt(self, session: Session, verified: Verified) -> None:
+        """The blob belongs to the attempt this target runs: the newest one its VM's source
+        announced over the peer link, and issued after the session began here."""
+        context = verified.context
+        attempt = self.state.attempts.current(self.route.vm_id)
+        if attempt is None:
+            if self.state.config.peer_link_down == "refuse":
+                raise ContextMismatch(
+                    "attempt",
+                    f"{self.channel}: no migration of this VM was announced over the peer link",
+                )
+        else:
+            for name, matches in (
+                ("migration_id", context.migration_id == attempt.migration_id),
+                ("source_host", context.source_host == attempt.source_host),
+                ("channel_id", (self.channel_type, self.channel_id) in attempt.channels),
+            ):
+                if not matches:
+                    raise ContextMismatch(
+                        name,
+                        f"context field {name!r} does not match "
+                        f"({self.channel_kind} channel {self.channel_id})",
+                    )
+        skew = self.state.config.limits.clock_skew
+        if session.began_at and verified.issued_at < session.began_at - skew:
+            raise Expired(
+                f"{self.channel}: blob issued {session.began_at - verified.issued_at:.0f} s "
+                "before this session began on the target"
+            )
 
     def _claim(self, session: Session, verified: Verified) -> Callable[[], None]:
         """The replay guard's last check for ``verified``, atomic with its record.
@@ -409,8 +460,17 @@ class ChannelHandler:
         checked here, so the session's channels need not wait for each other's commits.
         """
         migration_id = verified.context.migration_id
+        attempts, vm_id = self.state.attempts, self.route.vm_id
 
         def claim() -> None:
+            # A newer attempt announced since the blob was verified supersedes its own.
+            attempt = attempts.current(vm_id)
+            if attempt is not None and attempt.migration_id != migration_id:
+                raise ContextMismatch(
+                    "migration_id",
+                    f"context field 'migration_id' does not match ({self.channel_kind} channel "
+                    f"{self.channel_id}): a newer attempt superseded it",
+                )
             with session.lock:
                 if session.migration_id is None:
                     session.migration_id = migration_id

@@ -45,8 +45,13 @@ class Limits(_Strict):
     max_buffered_bytes: Annotated[int, Field(ge=65536, le=1 << 30)] = 4 * 1024 * 1024
     link_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
     shutdown_grace: Annotated[float, Field(ge=0, le=600)] = 10.0
-    blob_ttl: Annotated[int, Field(ge=1, le=3600)] = 300
+    #: A blob is sealed when spice-server hands the channel over and relayed at once (tens of
+    #: milliseconds in the end-to-end runs); the target spice-server itself gives up on the
+    #: display's data after 10 s. A blob older than that is of no use to a real migration.
+    blob_ttl: Annotated[int, Field(ge=1, le=3600)] = 10
     clock_skew: Annotated[int, Field(ge=0, le=300)] = 5
+    #: How long the source waits for the target's peer link to take an announcement.
+    peer_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
 
 
 class Peer(_Strict):
@@ -57,12 +62,21 @@ class Peer(_Strict):
     suite: Literal["shared-key", "identity"] = "shared-key"
     """Which keys seal this peer's blobs: the shared keyring, or a per-attempt key agreed
     under both hosts' identities (then the shared keyring is refused for this peer)."""
+    #: Where that host's gateway takes migration announcements (its ``peer_listen``).
+    peer_address: str | None = None
 
     @field_validator("addresses")
     @classmethod
     def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for address in value:
             parse_address(address)
+        return value
+
+    @field_validator("peer_address")
+    @classmethod
+    def _peer_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
         return value
 
 
@@ -103,6 +117,12 @@ class ProxyConfig(_Strict):
     trust_store: str | None = None
     """The peers' public identities this host trusts (``keys trust-add``)."""
     control_socket: str | None = None
+    #: Where this host takes migration announcements from its peers (the peer link).
+    peer_listen: str | None = None
+    #: What a target does with a blob of a VM for which no attempt was announced (the peer link
+    #: was down, or not configured): "refuse" (fail closed), or "first-blob", the weaker
+    #: behaviour without a peer link (the session's first blob pins the migration id).
+    peer_link_down: Literal["refuse", "first-blob"] = "refuse"
     limits: Limits = Limits()
     peers: Annotated[tuple[Peer, ...], Field(max_length=4096)] = ()
     routes: Annotated[tuple[Route, ...], Field(min_length=1, max_length=4096)]
@@ -122,12 +142,20 @@ class ProxyConfig(_Strict):
             raise ValueError("identity and trust_store go together")
         if self.identity_peers and self.identity is None:
             raise ValueError('a peer with suite = "identity" needs identity and trust_store')
+        if self.peer_listen is not None and parse_address(self.peer_listen) in listens:
+            raise ValueError("peer_listen is also a route's listen address")
         return self
 
     @property
     def identity_peers(self) -> frozenset[str]:
         """Peers whose blobs must use the identity suite."""
         return frozenset(peer.host_id for peer in self.peers if peer.suite == "identity")
+
+    def peer(self, host_id: str) -> Peer | None:
+        for peer in self.peers:
+            if peer.host_id == host_id:
+                return peer
+        return None
 
     def peer_for_address(self, host: str, port: int) -> str | None:
         """The host id of the trusted peer clients reach at ``host:port``, if any."""

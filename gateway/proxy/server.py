@@ -21,8 +21,9 @@ from typing import Any
 from gateway.envelope import Policy
 from gateway.errors import ConfigError, GatewayError
 from gateway.keys import Keyring, KeyringFile
-from gateway.proxy.channel import ChannelHandler, ProxyState
+from gateway.proxy.channel import AWAITED, ChannelHandler, ProxyState
 from gateway.proxy.config import ProxyConfig, Route, parse_address
+from gateway.proxy.peer import PeerLinkServer, make_announcer
 from gateway.proxy.sessions import SessionTable
 from gateway.replay import ReplayGuard
 from gateway.service.control import ControlServer
@@ -31,7 +32,6 @@ from gateway.service.metrics import Metrics
 from gateway.spice.connection import ConnectionState, SpiceConnection
 from gateway.spice.constants import Direction
 from gateway.spice.events import Message, Passthrough
-from gateway.spice.messages import ClientMigrateData, MigrateData
 
 __all__ = ["ProxyServer", "run_proxy"]
 
@@ -154,9 +154,7 @@ class _Connection:
                         # The bulk of the traffic: a run of ordinary messages, relayed as is.
                         out.add(event.raw)
                         continue
-                    if type(event) is Message and isinstance(
-                        event.migration, MigrateData | ClientMigrateData
-                    ):
+                    if type(event) is Message and isinstance(event.migration, AWAITED):
                         # What came before is already decided; send it first.
                         out.flush()
                         # Counted until its result is written: stop() must not cut a
@@ -263,6 +261,8 @@ class ProxyServer:
             ),
             clock=clock,
         )
+        self.state.announcer = make_announcer(config, self.state)
+        self.peer_link = PeerLinkServer(config, self.state) if config.peer_listen else None
         self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
         self._control: ControlServer | None = None
@@ -306,6 +306,8 @@ class ProxyServer:
                 upstream=route.upstream,
                 tls=route.tls_cert is not None,
             )
+        if self.peer_link is not None:
+            await self.peer_link.start()
         if self.config.control_socket:
             self._control = ControlServer(
                 self.config.control_socket,
@@ -369,6 +371,8 @@ class ProxyServer:
         deadline = time.monotonic() + self.config.limits.shutdown_grace
         while (self.state.sessions.in_flight() or self.rewriting) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self.peer_link is not None:
+            await self.peer_link.close()
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)

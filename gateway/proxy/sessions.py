@@ -8,6 +8,10 @@ one migration id, shared by all channels of the session:
   (``MIGRATE_BEGIN_SEAMLESS``), together with the target host learned from the peers table;
 - on the target host the client links every channel with the source's session id; the first blob
   opened there pins the migration id and every other channel must carry the same one.
+
+On top of that the target accepts blobs only of the attempt it runs: the source announces every
+attempt over the peer link (``gateway/peerlink.py``), and :class:`AttemptTable` keeps the newest
+announced attempt of each VM, which supersedes every earlier one.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass, field
 
 from schemas import ChannelType
 
-__all__ = ["Session", "SessionTable"]
+__all__ = ["Attempt", "AttemptTable", "Session", "SessionTable"]
 
 #: Channels whose migration carries a MIGRATE_DATA payload.
 DATA_CHANNELS = frozenset(
@@ -42,6 +46,9 @@ class Session:
 
     route: str
     session_id: int
+    #: When this host first saw the session (Unix seconds): on a target, a blob issued before
+    #: then (beyond the allowed skew) belongs to an earlier attempt.
+    began_at: float = 0.0
     # Source side: where the client was sent, and the migration id of that attempt.
     migration_id: uuid.UUID | None = None
     target_host: str | None = None
@@ -85,11 +92,13 @@ class SessionTable:
         self._sessions: dict[tuple[str, int], Session] = {}
         self._lock = threading.Lock()
 
-    def attach(self, route: str, session_id: int) -> Session:
+    def attach(self, route: str, session_id: int, now: float = 0.0) -> Session:
         with self._lock:
             session = self._sessions.get((route, session_id))
             if session is None:
-                session = self._sessions[(route, session_id)] = Session(route, session_id)
+                session = self._sessions[(route, session_id)] = Session(
+                    route, session_id, began_at=now
+                )
             session.connections += 1
             return session
 
@@ -105,3 +114,40 @@ class SessionTable:
     def in_flight(self) -> list[Session]:
         with self._lock:
             return [s for s in self._sessions.values() if s.in_flight]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One migration attempt of a VM, as its source announced it over the peer link."""
+
+    vm_id: uuid.UUID
+    migration_id: uuid.UUID
+    source_host: str
+    channels: frozenset[ChannelKey]
+    issued_at: int
+
+
+class AttemptTable:
+    """Target side: the newest announced attempt of each VM (a newer one supersedes it)."""
+
+    def __init__(self, max_vms: int = 65536) -> None:
+        self._attempts: dict[uuid.UUID, Attempt] = {}
+        self._lock = threading.Lock()
+        self._max_vms = max_vms
+
+    def announce(self, attempt: Attempt) -> Attempt | None:
+        """Make ``attempt`` its VM's current one; returns the attempt it superseded."""
+        with self._lock:
+            previous = self._attempts.pop(attempt.vm_id, None)
+            if len(self._attempts) >= self._max_vms:
+                # The table is bounded by the routes served; drop the oldest entry if not.
+                self._attempts.pop(next(iter(self._attempts)))
+            self._attempts[attempt.vm_id] = attempt
+            return previous
+
+    def current(self, vm_id: uuid.UUID) -> Attempt | None:
+        with self._lock:
+            return self._attempts.get(vm_id)
+
+    def __len__(self) -> int:
+        return len(self._attempts)

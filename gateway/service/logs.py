@@ -53,5 +53,5 @@ def log(level: int, message: str, **fields: Any) -> None:
 
 def audit(event: str, message: str, **fields: Any) -> None:
     """Record an audit event (always at INFO or above, never with secrets)."""
-    level = logging.WARNING if fields.get("outcome") == "refused" else logging.INFO
+    level = logging.WARNING if fields.get("outcome") in ("refused", "failed") else logging.INFO
     AUDIT.log(level, message, extra={"fields": {"event": event, "at": time.time(), **fields}})

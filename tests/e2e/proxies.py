@@ -98,18 +98,27 @@ class GatewayHost:
         upstream_port: int,
         vm_id: uuid.UUID,
         peers: Mapping[str, Sequence[int]],
+        peer_listen: int | None = None,
+        peer_links: Mapping[str, int] | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> Path:
         """A config with one route (``listen_port`` -> ``upstream_port``) and ``peers``
-        (host id -> the ports where clients reach that host's proxy)."""
+        (host id -> the ports where clients reach that host's proxy); the peer link listens on
+        ``peer_listen`` and reaches each peer at ``peer_links[host id]``."""
         lines = [
             f"host_id = {_toml(self.host_id)}",
             f"keyring = {_toml(str(self.keyring))}",
             f"replay_db = {_toml(str(self.replay_db))}",
-            *_table("[limits]", TEST_LIMITS),
         ]
+        if peer_listen is not None:
+            lines.append(f"peer_listen = {_toml(f'{LOCALHOST}:{peer_listen}')}")
+        lines += _table("[limits]", {**TEST_LIMITS, **(limits or {})})
         for host_id, ports in peers.items():
             addresses = [f"{LOCALHOST}:{port}" for port in ports]
-            lines += _table("[[peers]]", {"host_id": host_id, "addresses": addresses})
+            peer: dict[str, Any] = {"host_id": host_id, "addresses": addresses}
+            if peer_links and host_id in peer_links:
+                peer["peer_address"] = f"{LOCALHOST}:{peer_links[host_id]}"
+            lines += _table("[[peers]]", peer)
         lines += _table(
             "[[routes]]",
             {

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
 
@@ -42,9 +42,11 @@ __all__ = [
     "Observed",
     "Relay",
     "Replace",
+    "ReplaceEach",
     "Swap",
     "Tamper",
     "Truncate",
+    "Withhold",
     "channel_name",
 ]
 
@@ -173,6 +175,36 @@ class Replace:
 
     async def rewrite(self, channel_type: int, body: bytes) -> bytes:
         return self.blob
+
+
+@dataclass(frozen=True)
+class Withhold:
+    """Never pass the body on: the channel's MIGRATE_DATA waits until the relay closes, and the
+    rest of the connection with it (the client keeps the blob, the target never sees it)."""
+
+    types: frozenset[int]
+
+    @property
+    def channel_types(self) -> frozenset[int]:
+        return self.types
+
+    async def rewrite(self, channel_type: int, body: bytes) -> bytes:
+        await asyncio.get_running_loop().create_future()  # never set: cancelled at close
+        raise AssertionError("a withheld body was released")
+
+
+@dataclass(frozen=True)
+class ReplaceEach:
+    """Send ``blobs[channel type]`` instead, on every channel named."""
+
+    blobs: Mapping[int, bytes] = field(repr=False)
+
+    @property
+    def channel_types(self) -> frozenset[int]:
+        return frozenset(self.blobs)
+
+    async def rewrite(self, channel_type: int, body: bytes) -> bytes:
+        return self.blobs[channel_type]
 
 
 class Swap:

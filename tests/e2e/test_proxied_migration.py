@@ -39,7 +39,17 @@ from .proxies import (
     generate_keyring,
     start_proxy,
 )
-from .relay import FlipByte, Observed, Relay, Replace, Swap, Tamper, Truncate
+from .relay import (
+    FlipByte,
+    Observed,
+    Relay,
+    Replace,
+    ReplaceEach,
+    Swap,
+    Tamper,
+    Truncate,
+    Withhold,
+)
 from .rig import (
     EXPECTED_CHANNELS,
     LOCALHOST,
@@ -169,13 +179,16 @@ def deploy_proxied(
     hold_migration_links: bool = False,
     prefix: str = "",
     peer_port: int | None = None,
+    limits: dict[str, int] | None = None,
 ) -> Deployment:
     """Both QEMUs, the four relays, both proxies, and the client linked through them.
 
     ``peer_port`` replaces the address the source proxy lists for the target host (by default
-    the one ``client_migrate_info`` names, so the target is trusted)."""
+    the one ``client_migrate_info`` names, so the target is trusted). The source announces
+    each attempt to the target over the peer link, each proxy listening on a port of its own.
+    """
     source, destination = _start_qemus(rig, prefix)
-    source_port, target_port = free_ports(2)
+    source_port, target_port, source_link, target_link = free_ports(4)
     legs = {
         "source-server": _relay(relays, "source-server", source.spice_port),
         "target-server": _relay(relays, "target-server", destination.spice_port),
@@ -189,6 +202,9 @@ def deploy_proxied(
         vm_id=VM_ID,
         # What MIGRATE_BEGIN_SEAMLESS will carry: where the client reaches the target host.
         peers={TARGET_HOST: [peer_port or legs["client-target"].port]},
+        peer_listen=source_link,
+        peer_links={TARGET_HOST: target_link},
+        limits=limits,
     )
     target_config = hosts.target.write_config(
         f"{prefix}target",
@@ -196,6 +212,9 @@ def deploy_proxied(
         upstream_port=legs["target-server"].port,
         vm_id=VM_ID,
         peers={SOURCE_HOST: [legs["client-source"].port]},
+        peer_listen=target_link,
+        peer_links={SOURCE_HOST: source_link},
+        limits=limits,
     )
     with rig.timed(f"{prefix}proxies_up"):
         proxies = {
@@ -356,6 +375,11 @@ def test_seamless_migration_through_both_proxies(
     assert len(proxies["source"].audit("blob_sealed")) == len(MIGRATION_DATA_CHANNELS)
     assert len(proxies["target"].audit("blob_accepted")) == len(MIGRATION_DATA_CHANNELS)
     assert proxies["source"].audit("migration_begin", target=TARGET_HOST, trusted=True)
+    # The source announced the attempt over the peer link, and the target ran that one.
+    (announced,) = proxies["target"].audit("attempt_announced", source=SOURCE_HOST)
+    assert announced["migration"] == accepted["migration"]
+    assert announced["channels"] == len(MIGRATION_DATA_CHANNELS)
+    assert proxies["source"].audit("attempt_announced", migration=accepted["migration"])
     for proxy in proxies.values():
         assert proxy.problems() == [], proxy.name  # no refusal, no warning of any kind
     assert deployment.relay_errors() == {}
@@ -475,6 +499,61 @@ def test_replayed_main_blob_is_refused(e2e_rig: Rig, relays: list[Relay], hosts:
         "ContextMismatch",
         "context field 'migration_id' does not match (main channel 0)",
     ) or (refusal["error"] == "Replayed" and "already opened" in refusal["detail"]), refusal
+
+
+def test_withheld_attempt_relayed_in_the_next_is_refused(
+    e2e_rig: Rig, relays: list[Relay], hosts: Hosts
+) -> None:
+    """The client withholds every blob of one attempt (the target receives none of them, so
+    none is recorded as used) and relays them in the next attempt of the same VM to the same
+    host, instead of that attempt's own. Both proxies give blobs a long lifetime here, so that
+    expiry is not what refuses them: the target runs the newer attempt its source announced.
+
+    spice-gtk drops its whole session once the main channel is refused, so how many of the
+    stale blobs it relays before that is a race: every one it relayed must be refused."""
+    long_lived = {"blob_ttl": 600}
+    data_types = frozenset(int(ChannelType[name.upper()]) for name in MIGRATION_DATA_CHANNELS)
+    first = deploy_proxied(
+        e2e_rig, relays, hosts, tamper=Withhold(data_types), prefix="first-", limits=long_lived
+    )
+    migrate(first)
+    # What the client was handed, sealed for the first attempt; the target got none of it.
+    wait_migrate_data(first.legs["client-source"], S2C, MIGRATION_DATA_CHANNELS)
+    kept = channels_with_data(first.legs["client-source"].migrate_data(S2C))
+    (first_attempt,) = first.proxies["target"].audit("attempt_announced")
+    assert first.proxies["target"].audit("blob_accepted") == []
+    assert first.legs["target-server"].migrate_data(C2S) == []
+    first.stop()
+
+    stale = ReplaceEach({int(ChannelType[name.upper()]): o.body for name, o in kept.items()})
+    deployment = deploy_proxied(e2e_rig, relays, hosts, tamper=stale, limits=long_lived)
+    migrate(deployment)
+    legs, target_proxy = deployment.legs, deployment.proxies["target"]
+    target_proxy.wait_audit("channel_refused")
+    with deployment.rig.timed("destination_running"):
+        deployment.destination.wait_status("running", timeout=DISPLAY_DATA_WAIT + 5)
+
+    def relayed_and_refused() -> bool | None:
+        relayed = {f"{o.channel}:0" for o in legs["client-target"].migrate_data(C2S)}
+        refused = {r["channel"] for r in target_proxy.audit("channel_refused")}
+        return True if relayed <= refused else None
+
+    wait_until(relayed_and_refused, 15.0, "a refusal of every stale blob relayed")
+    (attempt,) = target_proxy.audit("attempt_announced")
+    assert attempt["migration"] != first_attempt["migration"]
+    refusals = target_proxy.audit("channel_refused")
+    for refusal in refusals:
+        assert (refusal["reason"], refusal["error"]) == ("open", "ContextMismatch"), refusal
+        assert "'migration_id' does not match" in refusal["detail"], refusal
+    # Whatever the client relayed was one of the first attempt's blobs, and none was let in.
+    relayed = legs["client-target"].migrate_data(C2S)
+    assert all(o.forwarded == kept[o.channel].body for o in relayed)
+    assert {r["channel"] for r in refusals} <= {f"{o.channel}:0" for o in relayed}
+    assert legs["target-server"].migrate_data(C2S) == []
+    assert target_proxy.audit("blob_accepted") == []
+    assert deployment.destination.process.running()
+    assert deployment.destination.query_status() == "running"
+    assert deployment.relay_errors() == {}
 
 
 def test_untrusted_destination_gets_nothing_sealed(

@@ -204,12 +204,14 @@ def config_toml(
     peers: Sequence[Mapping[str, Any]] = (),
     limits: Mapping[str, Any] | None = None,
     control_socket: Path | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> str:
-    """The TOML text of a proxy config."""
+    """The TOML text of a proxy config (``settings``: more top-level keys)."""
     lines = [
         f"host_id = {_toml_value(host_id)}",
         f"keyring = {_toml_value(str(keyring))}",
         f"replay_db = {_toml_value(str(replay_db))}",
+        *(f"{k} = {_toml_value(v)}" for k, v in (settings or {}).items()),
     ]
     if control_socket is not None:
         lines.append(f"control_socket = {_toml_value(str(control_socket))}")
@@ -316,10 +318,17 @@ class Proxies:
         source_limits: Mapping[str, Any] | None = None,
         target_limits: Mapping[str, Any] | None = None,
         control: bool = True,
+        peer_link: bool = True,
+        target_settings: Mapping[str, Any] | None = None,
     ) -> tuple[str, str, dict[str, tuple[int, int]]]:
         """TOML of both hosts for ``vms`` (name -> vm id, source upstream, target upstream);
-        also the listen ports picked for each VM (source, target)."""
+        also the listen ports picked for each VM (source, target).
+
+        With ``peer_link`` each host's peer link listens on a port of its own, and each names
+        the other's in ``[[peers]]``; ``target_settings`` adds top-level keys to the target's.
+        """
         ports = {name: (free_port(), free_port()) for name in vms}
+        peer_ports = (free_port(), free_port())
         tls_keys: dict[str, Any] = (
             {"tls_cert": str(self.tls_files.cert), "tls_key": str(self.tls_files.key)}
             if tls
@@ -355,15 +364,23 @@ class Proxies:
         for side, (me, other) in enumerate(hosts):
             files = self.host_files(me)
             limits = {**TEST_LIMITS, **((source_limits, target_limits)[side] or {})}
+            peer: dict[str, Any] = {"host_id": other, "addresses": addresses(1 - side)}
+            settings: dict[str, Any] = {}
+            if peer_link:
+                peer["peer_address"] = f"127.0.0.1:{peer_ports[1 - side]}"
+                settings["peer_listen"] = f"127.0.0.1:{peer_ports[side]}"
+            if side == 1:
+                settings |= target_settings or {}
             texts.append(
                 config_toml(
                     host_id=me,
                     keyring=self.keyring,
                     replay_db=files.replay_db,
                     routes=routes(side),
-                    peers=[{"host_id": other, "addresses": addresses(1 - side)}],
+                    peers=[peer],
                     limits=limits,
                     control_socket=files.control_socket if control else None,
+                    settings=settings,
                 )
             )
         return texts[0], texts[1], ports
@@ -378,6 +395,8 @@ class Proxies:
         server_mini: bool = True,
         source_limits: Mapping[str, Any] | None = None,
         target_limits: Mapping[str, Any] | None = None,
+        peer_link: bool = True,
+        target_settings: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[Rig]:
         """Scripted servers, then both proxies in this event loop; all torn down after."""
         servers: list[ScriptedServer] = []
@@ -401,6 +420,8 @@ class Proxies:
                 upstream_tls=upstream_tls,
                 source_limits=source_limits,
                 target_limits=target_limits,
+                peer_link=peer_link,
+                target_settings=target_settings,
             )
             source_config = parse_config(source_text.encode(), "source config")
             target_config = parse_config(target_text.encode(), "target config")

@@ -3,16 +3,21 @@
 The blobs of one session's channels are verified as they come and their replay records share
 commits, so the session's first blob cannot pin its migration id before it is recorded. These
 tests pin down what that must still guarantee: one migration per session, nothing recorded for
-a refused blob, and a replayed blob pinning nothing.
+a refused blob, and a replayed blob pinning nothing. They run with ``peer_link_down =
+"first-blob"`` (no attempt announced, the session's first blob pins), the mode in which the pin
+is the only binding to a migration; ``test_attempts.py`` covers the announced attempts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -71,14 +76,21 @@ class Target:
         return self.state.replay_guard
 
 
-@pytest.fixture
-def target(tmp_path: Path) -> Iterator[Target]:
+@contextlib.contextmanager
+def target_state(
+    folder: Path,
+    *,
+    peer_link_down: Literal["refuse", "first-blob"],
+    clock: Callable[[], float] = time.time,
+) -> Iterator[Target]:
+    """A target proxy's shared state for one route serving VM, its files under ``folder``."""
     config = ProxyConfig(
         host_id=TARGET_HOST,
-        keyring=str(tmp_path / "keyring.json"),
-        replay_db=str(tmp_path / "replay.sqlite"),
+        keyring=str(folder / "keyring.json"),
+        replay_db=str(folder / "replay.sqlite"),
         peers=(Peer(host_id=SOURCE_HOST, addresses=("127.0.0.1:5900",)),),
         routes=(Route(name="vm", listen="127.0.0.1:5901", upstream="127.0.0.1:5902", vm_id=VM),),
+        peer_link_down=peer_link_down,
     )
     keyring = Keyring.create()
     with ReplayGuard(config.replay_db) as guard:
@@ -89,9 +101,16 @@ def target(tmp_path: Path) -> Iterator[Target]:
             sessions=SessionTable(),
             metrics=Metrics(),
             policy=Policy(),
+            clock=clock,
         )
         states = {channel: native.decode(channel, PAYLOADS[channel]) for channel in CHANNELS}
         yield Target(state, keyring, states)
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[Target]:
+    with target_state(tmp_path, peer_link_down="first-blob") as found:
+        yield found
 
 
 def migrate_data(blob: bytes) -> Message:

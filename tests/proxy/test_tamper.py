@@ -126,10 +126,20 @@ async def test_altered_blob_is_refused(
         ) == 1
 
 
+@pytest.mark.parametrize(
+    ("peer_link", "error"),
+    [
+        # The announced attempt is the second session's: the old blob is of another migration.
+        pytest.param(True, "ContextMismatch", id="peer-link"),
+        # Without a peer link only the replay guard can tell the old blob from a fresh one.
+        pytest.param(False, "Replayed", id="first-blob"),
+    ],
+)
 async def test_blob_from_an_earlier_session_is_refused(
-    proxies: Proxies, logs: LogRecords
+    proxies: Proxies, logs: LogRecords, peer_link: bool, error: str
 ) -> None:
-    async with proxies.pair() as rig:
+    settings = {} if peer_link else {"peer_link_down": "first-blob"}
+    async with proxies.pair(peer_link=peer_link, target_settings=settings) as rig:
         first = rig.session(0xB1)
         await prepare(first)
         old = await migrate(rig, first, first.legs)
@@ -141,11 +151,10 @@ async def test_blob_from_an_earlier_session_is_refused(
 
         second = rig.session(0xB2)
         await prepare(second)
-        # The replayed blob is the session's first: no migration id is pinned yet, so only the
-        # replay guard can tell it from a fresh one.
+        # The replayed blob is the session's first: no migration id is pinned yet.
         await migrate(rig, second, [DISPLAY], lambda channel, blob: old[DISPLAY])
         await migrate(rig, second, [ch for ch in second.legs if ch != DISPLAY])
-        await assert_outcome(rig, second, {DISPLAY}, logs, "Replayed")
+        await assert_outcome(rig, second, {DISPLAY}, logs, error)
 
 
 async def test_blob_of_an_abandoned_migration_is_refused(

@@ -1,0 +1,311 @@
+"""The peer link's sans-I/O protocol: framing, the transcript MAC, and every refusal."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+
+import pytest
+
+from gateway import peerlink
+from gateway.errors import (
+    AuthenticationFailed,
+    BadMagic,
+    ContextMismatch,
+    Expired,
+    GatewayError,
+    MalformedInput,
+    NotYetValid,
+    ProtocolError,
+    TooLarge,
+    Truncated,
+    UnaccountedBytes,
+    UnknownKey,
+    UnsupportedVersion,
+)
+from gateway.keys import KEY_ID_SIZE, Keyring
+from gateway.peerlink import (
+    HEADER_SIZE,
+    MAC_SIZE,
+    MAX_BODY,
+    AnnouncementVerified,
+    Challenge,
+    ChallengeAnswered,
+    FrameReader,
+    SourceLink,
+    TargetLink,
+    Verdict,
+    VerdictReceived,
+)
+
+SOURCE = "source-host"
+TARGET = "target-host"
+VM = uuid.UUID("0e7d4a55-2c61-4f0e-8f54-3b9d6a1f2c08")
+OTHER_VM = uuid.UUID("9b1c1f1e-5a38-4d3f-a3f0-6a2b8d1c7e42")
+NOW = 1_800_000_000.0
+CHANNELS = [(1, 0), (2, 0), (3, 0), (9, 0)]
+
+
+def target_link(keyring: Keyring, *, host: str = TARGET, now: float = NOW) -> TargetLink:
+    return TargetLink(host, keyring, {SOURCE}, {VM}, now=now, clock_skew=5)
+
+
+def source_link(
+    keyring: Keyring,
+    *,
+    target: str = TARGET,
+    vm: uuid.UUID = VM,
+    now: float = NOW,
+    host: str = SOURCE,
+    migration: uuid.UUID | None = None,
+) -> SourceLink:
+    return SourceLink(
+        host_id=host,
+        target_host=target,
+        keyring=keyring,
+        vm_id=vm,
+        migration_id=migration or uuid.uuid4(),
+        channels=CHANNELS,
+        now=now,
+    )
+
+
+def answer(source: SourceLink, challenge: bytes) -> bytes:
+    (event,) = source.receive(challenge)
+    assert isinstance(event, ChallengeAnswered)
+    return event.data
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring.create()
+
+
+def test_an_announcement_crosses_the_link(keyring: Keyring) -> None:
+    target = target_link(keyring)
+    source = source_link(keyring)
+    frame = answer(source, target.start())
+    # Any split of the bytes gives the same result.
+    events: list[AnnouncementVerified] = []
+    for index in range(0, len(frame), 7):
+        events += target.receive(frame[index : index + 7])
+    (event,) = events
+    assert event.announcement == source.announcement
+    assert event.announcement.channels == tuple(sorted(CHANNELS))
+    (verdict,) = source.receive(target.verdict(True))
+    assert isinstance(verdict, VerdictReceived)
+    assert verdict.verdict == Verdict(True, "")
+    with pytest.raises(ProtocolError):
+        source.receive(target.verdict(True))
+
+
+def test_a_refusal_verdict_reaches_the_source(keyring: Keyring) -> None:
+    source = source_link(keyring)
+    answer(source, target_link(keyring).start())
+    (event,) = source.receive(TargetLink.verdict(False, "AuthenticationFailed"))
+    assert isinstance(event, VerdictReceived)
+    assert event.verdict == Verdict(False, "AuthenticationFailed")
+
+
+def test_an_announcement_under_another_keyring_is_forged(keyring: Keyring) -> None:
+    target = target_link(keyring)
+    stranger = Keyring.create()
+    with pytest.raises(UnknownKey):
+        target.receive(answer(source_link(stranger), target.start()))
+
+
+def test_an_announcement_with_a_known_key_id_and_another_secret_is_forged(
+    keyring: Keyring,
+) -> None:
+    target = target_link(keyring)
+    forger = Keyring.create()
+    frame = bytearray(answer(source_link(forger), target.start()))
+    frame[HEADER_SIZE : HEADER_SIZE + KEY_ID_SIZE] = keyring.active.key_id
+    with pytest.raises(AuthenticationFailed):
+        target.receive(bytes(frame))
+
+
+def test_a_recorded_announcement_fails_on_another_connection(keyring: Keyring) -> None:
+    """The fresh challenge binds each transcript: a replay meets another nonce."""
+    first = target_link(keyring)
+    frame = answer(source_link(keyring), first.start())
+    assert first.receive(frame)
+    second = target_link(keyring)
+    second.start()
+    with pytest.raises(AuthenticationFailed):
+        second.receive(frame)
+
+
+@pytest.mark.parametrize("offset", range(0, 200, 3))
+def test_every_flipped_bit_is_refused(keyring: Keyring, offset: int) -> None:
+    target = target_link(keyring)
+    frame = bytearray(answer(source_link(keyring), target.start()))
+    offset %= len(frame)
+    frame[offset] ^= 0x10
+    with pytest.raises(GatewayError):
+        target.receive(bytes(frame))
+
+
+def test_an_announcement_for_another_target_is_refused(keyring: Keyring) -> None:
+    """A key holder answering this target's challenge with another target's announcement."""
+    target = target_link(keyring)
+    challenge = target.start()
+    announcement = peerlink.Announcement(
+        keyring.active.key_id, SOURCE, "elsewhere", VM, uuid.uuid4(), int(NOW), ((1, 0),)
+    )
+    prefix = peerlink._announce_prefix(announcement)
+    frame = prefix + peerlink._mac(peerlink.link_key(keyring.active.secret), challenge, prefix)
+    with pytest.raises(ContextMismatch) as caught:
+        target.receive(frame)
+    assert caught.value.field == "target_host"
+
+
+def test_an_announcement_made_to_another_target_fails_here(keyring: Keyring) -> None:
+    """A transcript with another target (its challenge, its host id) does not verify here."""
+    elsewhere = target_link(keyring, host="elsewhere")
+    frame = answer(source_link(keyring, target="elsewhere"), elsewhere.start())
+    assert elsewhere.receive(frame)  # where it was made, it verifies
+    target = target_link(keyring)
+    target.start()
+    with pytest.raises(AuthenticationFailed):
+        target.receive(frame)
+
+
+def test_the_source_answers_only_the_target_it_seals_for(keyring: Keyring) -> None:
+    with pytest.raises(ContextMismatch):
+        source_link(keyring).receive(target_link(keyring, host="impostor").start())
+
+
+def test_an_announcement_for_another_vm_is_refused(keyring: Keyring) -> None:
+    target = target_link(keyring)
+    with pytest.raises(ContextMismatch) as caught:
+        target.receive(answer(source_link(keyring, vm=OTHER_VM), target.start()))
+    assert caught.value.field == "vm_id"
+
+
+def test_an_announcement_from_an_untrusted_host_is_refused(keyring: Keyring) -> None:
+    target = target_link(keyring)
+    with pytest.raises(ContextMismatch) as caught:
+        target.receive(answer(source_link(keyring, host="rogue"), target.start()))
+    assert caught.value.field == "source_host"
+
+
+@pytest.mark.parametrize(
+    ("issued", "error"), [(NOW - 6, Expired), (NOW + 6, NotYetValid), (NOW - 5, None)]
+)
+def test_the_announcement_time_is_checked(
+    keyring: Keyring, issued: float, error: type[GatewayError] | None
+) -> None:
+    target = target_link(keyring)
+    frame = answer(source_link(keyring, now=issued), target.start())
+    if error is None:
+        assert target.receive(frame)
+    else:
+        with pytest.raises(error):
+            target.receive(frame)
+
+
+def test_one_announcement_per_connection(keyring: Keyring) -> None:
+    target = target_link(keyring)
+    frame = answer(source_link(keyring), target.start())
+    with pytest.raises(ProtocolError):
+        target.receive(frame + frame)
+
+
+@pytest.mark.parametrize("cut", [1, HEADER_SIZE, HEADER_SIZE + 8, -MAC_SIZE, -1])
+def test_a_truncated_announcement_waits_then_is_refused_whole(keyring: Keyring, cut: int) -> None:
+    target = target_link(keyring)
+    frame = answer(source_link(keyring), target.start())
+    assert target.receive(frame[:cut]) == []
+    # Re-framed as a whole frame of that shorter length, it is refused.
+    short = frame[:cut]
+    if len(short) >= HEADER_SIZE:
+        body = short[HEADER_SIZE:]
+        whole = short[:8] + struct.pack(">I", len(body)) + body
+        with pytest.raises(GatewayError):
+            target_link(keyring).receive(whole)
+
+
+def test_an_extended_announcement_is_refused(keyring: Keyring) -> None:
+    target = target_link(keyring)
+    frame = answer(source_link(keyring), target.start())
+    body = frame[HEADER_SIZE:] + b"\0"
+    with pytest.raises(AuthenticationFailed):
+        target.receive(frame[:8] + struct.pack(">I", len(body)) + body)
+
+
+def test_an_oversized_frame_is_refused_from_its_header() -> None:
+    header = peerlink.MAGIC + bytes((1, 2, 1, 0)) + struct.pack(">I", MAX_BODY + 1)
+    with pytest.raises(TooLarge):
+        FrameReader().feed(header)
+    with pytest.raises(BadMagic):
+        FrameReader().feed(b"SMGX")
+    reader = FrameReader()
+    assert reader.feed(header[: HEADER_SIZE - 1]) == []
+    assert reader.pending == HEADER_SIZE - 1
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "error"),
+    [
+        (4, 2, UnsupportedVersion),
+        (5, 3, ProtocolError),
+        (6, 9, UnsupportedVersion),
+        (7, 1, MalformedInput),
+    ],
+)
+def test_header_fields_are_checked(
+    keyring: Keyring, index: int, value: int, error: type[GatewayError]
+) -> None:
+    target = target_link(keyring)
+    frame = bytearray(answer(source_link(keyring), target.start()))
+    frame[index] = value
+    with pytest.raises(error):
+        target.receive(bytes(frame))
+
+
+def test_challenge_decoding_bounds() -> None:
+    good = peerlink.encode_challenge(Challenge(TARGET, bytes(32)))
+    assert peerlink.decode_challenge(good) == Challenge(TARGET, bytes(32))
+    with pytest.raises(Truncated):
+        peerlink.decode_challenge(good[:-1])
+    body = good[HEADER_SIZE:] + b"x"
+    with pytest.raises(UnaccountedBytes):
+        peerlink.decode_challenge(good[:8] + struct.pack(">I", len(body)) + body)
+    oversized = bytearray(good)
+    oversized[-2:] = struct.pack(">H", peerlink.MAX_SUITE_DATA + 1)
+    with pytest.raises(TooLarge):
+        peerlink.decode_challenge(bytes(oversized))
+    empty_host = good[:HEADER_SIZE] + b"\0" + good[HEADER_SIZE + 1 + len(TARGET) :]
+    with pytest.raises(GatewayError):
+        peerlink.decode_challenge(empty_host)
+
+
+def test_verdict_decoding_bounds() -> None:
+    good = peerlink.encode_verdict(Verdict(False, "Expired"))
+    assert peerlink.decode_verdict(good) == Verdict(False, "Expired")
+    bad = bytearray(good)
+    bad[HEADER_SIZE] = 7
+    with pytest.raises(MalformedInput):
+        peerlink.decode_verdict(bytes(bad))
+
+
+def test_no_secret_in_messages_or_reprs(keyring: Keyring) -> None:
+    secret = keyring.active.secret
+    derived = peerlink.link_key(secret)
+    target = target_link(keyring)
+    source = source_link(keyring)
+    frame = answer(source, target.start())
+    texts = [repr(target.receive(frame)), repr(source.announcement), repr(source)]
+    bad = bytearray(frame)
+    bad[-1] ^= 1
+    try:
+        target_link(keyring).receive(bytes(bad))
+    except GatewayError as error:
+        texts.append(str(error))
+    for text in texts:
+        for value in (secret, derived):
+            assert value.hex() not in text
+            assert repr(value) not in text
+    assert secret not in frame
+    assert derived not in frame
