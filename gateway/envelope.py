@@ -83,6 +83,7 @@ __all__ = [
     "decode_state",
     "open_envelope",
     "read_header",
+    "read_unauthenticated",
     "seal",
     "verify",
 ]
@@ -445,26 +446,57 @@ def _decode_context(
 def read_header(blob: bytes) -> Header:
     """Parse and bounds-check the fixed header: the only parsing done before authentication."""
     if len(blob) < HEADER_SIZE:
-        raise Truncated(f"envelope: {len(blob)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise Truncated(
+            f"envelope is truncated or not a sealed blob: {len(blob)} bytes, shorter than the "
+            f"{HEADER_SIZE}-byte header"
+        )
     magic, version, suite, context_length, body_length, key_id, salt = _HEADER.unpack_from(blob)
     if magic != MAGIC:
-        raise BadMagic("envelope: bad magic at offset 0")
+        raise BadMagic("envelope is not a sealed blob or was tampered with: bad magic at offset 0")
     if version != FORMAT_VERSION:
-        raise UnsupportedVersion(f"envelope: format version {version} at offset 4")
+        raise UnsupportedVersion(
+            f"envelope is from another gateway version or was tampered with: format version "
+            f"{version} at offset 4"
+        )
     if suite != SUITE:
-        raise UnsupportedVersion(f"envelope: suite {suite} at offset 5")
+        raise UnsupportedVersion(
+            f"envelope is from another gateway version or was tampered with: suite {suite} "
+            "at offset 5"
+        )
     if not _MIN_CONTEXT <= context_length <= _MAX_CONTEXT:
         raise CountOutOfRange(
-            f"envelope: context length {context_length} at offset 6 is outside "
+            f"envelope is malformed or tampered with: context length {context_length} at "
+            f"offset 6 is outside "
             f"{_MIN_CONTEXT}..{_MAX_CONTEXT}"
         )
     header = Header(version, suite, context_length, body_length, key_id, salt)
     total = header.total_length
     if len(blob) < total:
-        raise Truncated(f"envelope: {len(blob)} bytes, the header declares {total}")
+        raise Truncated(
+            f"envelope is truncated or tampered with: {len(blob)} bytes, the length fields "
+            f"of its header (offsets 6 and 8) declare {total}"
+        )
     if len(blob) > total:
-        raise UnaccountedBytes(f"envelope: {len(blob) - total} bytes after offset {total}")
+        raise UnaccountedBytes(
+            f"envelope is malformed or tampered with: {len(blob)} bytes, the length fields of "
+            f"its header (offsets 6 and 8) declare {total}, leaving {len(blob) - total} bytes "
+            f"after offset {total}"
+        )
     return header
+
+
+def read_unauthenticated(blob: bytes) -> tuple[Header, Context, int, int]:
+    """The header, context, issued-at and expires-at a blob carries in the clear, NOT verified.
+
+    For showing an operator what a blob claims (``inspect``), never for deciding anything: the
+    opening path parses no context before the MAC verified it. The same strict checks as after
+    authentication apply (every length bounded by the header's, itself bounded).
+    """
+    header = read_header(blob)
+    context, issued_at, expires_at = _decode_context(
+        blob[HEADER_SIZE : HEADER_SIZE + header.context_length]
+    )
+    return header, context, issued_at, expires_at
 
 
 def _seal_payload(
@@ -693,13 +725,18 @@ def verify(
     authenticated = blob[:context_end]
     mac = _hmac(mac_key, authenticated + blob[tag_end - TAG_SIZE : tag_end])
     if not hmac.compare_digest(mac, blob[tag_end:]):
-        raise AuthenticationFailed("envelope: signature does not verify")
+        raise AuthenticationFailed(
+            "envelope was tampered with, or sealed with a different secret under the same key "
+            "id: signature does not verify"
+        )
     try:
         payload = AESGCM(enc_key).decrypt(
             _NONCE, memoryview(blob)[context_end:tag_end], authenticated
         )
     except InvalidTag:
-        raise AuthenticationFailed("envelope: ciphertext does not verify") from None
+        raise AuthenticationFailed(
+            "envelope was tampered with: ciphertext does not verify"
+        ) from None
 
     context, issued_at, expires_at = _decode_context(blob[HEADER_SIZE:context_end], expected)
     state = decode_state(payload, context.channel_type, context.schema_version, policy=policy)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import errno
 import json
 import os
 import stat
@@ -345,6 +346,12 @@ def load_keyring(path: str | os.PathLike[str]) -> Keyring:
         # O_NONBLOCK: a FIFO planted at the path must not hang the reader.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KeyringError(
+                f"keyring {path} is a symbolic link: symlinks are refused, so that the file "
+                "whose owner and mode are checked is the file read and nobody who can change "
+                "the link can swap the keys; point the configuration at the file itself"
+            ) from None
         raise KeyringError(f"cannot open keyring {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)

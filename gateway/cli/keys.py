@@ -44,7 +44,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     listing = verbs.add_parser(
-        "list", help="list key ids, states and creation times (never secrets)"
+        "list",
+        help="list key ids, states and creation times (never secrets)",
+        description=(
+            "Print one line per key: its id (32 hex digits), its state (active, pending,\n"
+            "decrypt-only, retired) and when it was created. Secrets are never shown."
+        ),
     )
     retire = verbs.add_parser(
         "retire",
@@ -58,7 +63,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
         (listing, _list),
         (retire, _retire),
     ):
-        parser.add_argument("--keyring", required=True, metavar="FILE", help="the keyring file")
+        parser.add_argument(
+            "--keyring", required=True, metavar="FILE", help="the keyring file (mode 0600)"
+        )
         parser.set_defaults(func=handler)
 
 
