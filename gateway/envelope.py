@@ -71,6 +71,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_CLOCK_SKEW",
     "MAX_TTL",
     "SUITE",
     "Context",
@@ -115,6 +116,10 @@ DEFAULT_TTL: Final = 300
 """Seconds a blob stays valid: minutes, enough for a client to relay it after migration."""
 MAX_TTL: Final = 3600
 DEFAULT_CLOCK_SKEW: Final = 30
+"""Seconds the hosts' clocks may differ, applied to both ends of a blob's lifetime. The one
+default for the library, the command and the proxy (SECURITY.md, "Clock skew")."""
+MAX_CLOCK_SKEW: Final = 300
+"""The largest clock skew any opener accepts: it lengthens every lifetime and replay row."""
 
 RandomBytes = Callable[[int], bytes]
 
@@ -298,8 +303,8 @@ class Policy:
         for name in ("max_blob_size", "max_ttl", "max_depth", "max_str_len", "max_map_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"policy {name} must be positive")
-        if not 0 <= self.clock_skew <= 600:
-            raise ConfigError("policy clock_skew must be from 0 to 600 seconds")
+        if not 0 <= self.clock_skew <= MAX_CLOCK_SKEW:
+            raise ConfigError(f"policy clock_skew must be from 0 to {MAX_CLOCK_SKEW} seconds")
         if self.max_array_len < 0 or self.min_format_version < 1 or self.min_schema_version < 1:
             raise ConfigError("policy limits and minimum versions must be positive")
 

@@ -348,9 +348,9 @@ def load_keyring(path: str | os.PathLike[str]) -> Keyring:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise KeyringError(
-                f"keyring {path} is a symbolic link: symlinks are refused, so that the file "
-                "whose owner and mode are checked is the file read and nobody who can change "
-                "the link can swap the keys; point the configuration at the file itself"
+                f"cannot open keyring {path}: it is a symbolic link, and symlinks are refused "
+                "so that the file whose owner and mode are checked is the file read and whoever "
+                "can change the link cannot swap the keys; name the file itself"
             ) from None
         raise KeyringError(f"cannot open keyring {path}: {exc.strerror}") from None
     try:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.envelope import DEFAULT_CLOCK_SKEW, MAX_CLOCK_SKEW
 from gateway.errors import ConfigError, shorten
 
 __all__ = ["Limits", "Peer", "ProxyConfig", "Route", "load_config", "parse_address"]
@@ -46,7 +47,7 @@ class Limits(_Strict):
     link_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
     shutdown_grace: Annotated[float, Field(ge=0, le=600)] = 10.0
     blob_ttl: Annotated[int, Field(ge=1, le=3600)] = 300
-    clock_skew: Annotated[int, Field(ge=0, le=300)] = 5
+    clock_skew: Annotated[int, Field(ge=0, le=MAX_CLOCK_SKEW)] = DEFAULT_CLOCK_SKEW
 
 
 class Peer(_Strict):
