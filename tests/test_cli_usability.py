@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import pty
+import re
 import socket
 import struct
 import subprocess
@@ -90,6 +91,26 @@ def test_unreadable_inputs_exit_2_naming_the_file(
         assert one_line(err).endswith(f": {target}: {reason}"), err
 
 
+@pytest.mark.parametrize("verb", ["decode", "encode", "seal"])
+def test_unwritable_out_exits_2_naming_it(
+    verb: str, tmp_path: Path, keyring_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "missing-directory" / "out.bin"
+    model = tmp_path / "inputs.json"
+    model.write_text(native.decode(ChannelType.INPUTS, (SAMPLES / "inputs.bin").read_bytes())
+                     .model_dump_json())
+    argv = {
+        "decode": ["decode", "--channel", "inputs", str(SAMPLES / "inputs.bin")],
+        "encode": ["encode", "--channel", "inputs", str(model)],
+        "seal": ["seal", *context_args("inputs"), "--keyring", str(keyring_path),
+                 str(SAMPLES / "inputs.bin")],
+    }[verb]
+    code, out_text, err = run(capsys, *argv, "--out", str(out))
+    assert code == EXIT_USAGE
+    assert out_text == ""
+    assert one_line(err) == f"FileNotFoundError: {out}: No such file or directory"
+
+
 def test_missing_keyring_exits_2_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -143,6 +164,38 @@ def test_tampered_length_field_is_explained(
             assert "header (offsets 6 and 8)" in line
         if error == "UnaccountedBytes":
             assert f"leaving 256 bytes after offset {total}" in line
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+def test_demo_shows_the_binding_and_each_refusal_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "demo")
+    assert (code, err) == (EXIT_OK, "")
+    for name in native.CHANNEL_NAMES:
+        assert re.search(rf"^{name} +\d+ +\d+  byte-identical$", out, re.M), out
+    assert "the display blob is bound to (authenticated):" in out
+    assert re.search(r"^  VM [0-9a-f-]{36}, migration [0-9a-f-]{36}$", out, re.M), out
+    assert "from host 'source-host' to host 'target-host'" in out
+    assert re.search(r"^  issued \S+Z, valid 300 s, single-use", out, re.M), out
+    refusals = re.findall(r"^refused (.+?): (\w+): (.+)$", out, re.M)
+    assert [error for _, error, _ in refusals] == [
+        "AuthenticationFailed", "Replayed", "ContextMismatch"
+    ]
+    assert all(len(reason) > 10 for _, _, reason in refusals)
+    assert out.rstrip().endswith("demo passed")
+
+
+def test_demo_fails_on_a_bad_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("display", "inputs"):
+        (tmp_path / f"{name}.bin").write_bytes((SAMPLES / f"{name}.bin").read_bytes())
+    (tmp_path / "main.bin").write_bytes(b"DCMD" + (SAMPLES / "main.bin").read_bytes()[4:])
+    code, out, _ = run(capsys, "demo", "--samples", str(tmp_path))
+    assert code == EXIT_FAILURE
+    assert re.search(r"^main .* BadMagic: main: ", out, re.M), out
+    assert out.rstrip().endswith("demo FAILED (1)")
 
 
 # --- control ----------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from gateway import __version__
@@ -90,10 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _os_error(error: OSError) -> str:
-    """``Class: FILE: reason`` for an OSError, naming the file when the error knows it."""
+def _os_error(error: OSError, out: str | None) -> str:
+    """``Class: FILE: reason`` for an OSError, naming the file when the error knows it.
+
+    Output is written through a temporary file beside ``--out`` (``.NAME.*``); an error on
+    that file is reported as one on ``--out``, the name the user gave.
+    """
     reason = error.strerror or str(error) or "cannot be used"
     where = error.filename
+    if where is not None and out is not None and out != "-":
+        temporary, given = Path(os.fsdecode(where)), Path(out)
+        if temporary.parent == given.parent and temporary.name.startswith(f".{given.name}."):
+            where = out
     if where is None:
         return f"{type(error).__name__}: {reason}"
     return f"{type(error).__name__}: {where}: {reason}"
@@ -111,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:  # a file or socket the user named
-        print(_os_error(error), file=sys.stderr)
+        print(_os_error(error, getattr(args, "out", None)), file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILURE
