@@ -18,6 +18,7 @@ import argparse
 import importlib
 import os
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -46,8 +47,18 @@ EXIT_USAGE = EXIT_REFUSED
 _VERB_MODULES = ("codec", "demo", "keys", "envelope", "proxy")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions keep their line breaks; options with a default say what it is."""
+class HelpFormatter(argparse.HelpFormatter):
+    """A paragraph with line breaks keeps them, others are filled to the terminal's width;
+    options with a default say what it is."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            if "\n" in paragraph.strip("\n"):
+                paragraphs.append(textwrap.indent(paragraph, indent))
+            else:
+                paragraphs.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(paragraphs)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
