@@ -423,16 +423,22 @@ def _proxy_config(tmp_path: Path, keyring: Path, listen: str, control: Path | No
     return path
 
 
-def _start_proxy(config: Path) -> tuple[int, list[str], list[dict[str, object]]]:
+def _start_failing_proxy(config: Path) -> str:
+    """Start a proxy that cannot start: it exits 2 with one plain stderr line, which is
+    returned, and writes no audit record of starting or stopping."""
     result = subprocess.run([*COMMAND, "proxy", "--config", str(config)], capture_output=True,
                             timeout=TIMEOUT, check=False, stdin=subprocess.DEVNULL)
-    plain, records = [], []
+    plain, events = [], []
     for line in result.stderr.decode().splitlines():
         try:
-            records.append(json.loads(line))
+            events.append(json.loads(line).get("event"))
         except ValueError:
             plain.append(line)
-    return result.returncode, plain, records
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert len(plain) == 1, plain
+    assert "proxy_started" not in events
+    assert "proxy_stopped" not in events
+    return plain[0]
 
 
 def test_proxy_port_in_use_is_one_line_and_no_unpaired_audit(
@@ -443,13 +449,10 @@ def test_proxy_port_in_use_is_one_line_and_no_unpaired_audit(
         taken.listen(1)
         port = taken.getsockname()[1]
         config = _proxy_config(tmp_path, keyring_path, f"127.0.0.1:{port}", None)
-        code, plain, records = _start_proxy(config)
-    assert code == EXIT_USAGE
-    assert plain == [f"ConfigError: route vm: cannot listen on 127.0.0.1:{port}: "
-                     "Address already in use"]
-    events = [record.get("event") for record in records]
-    assert "proxy_started" not in events
-    assert "proxy_stopped" not in events
+        line = _start_failing_proxy(config)
+    assert line == (
+        f"ConfigError: route vm: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 def test_proxy_control_socket_in_a_missing_directory(tmp_path: Path, keyring_path: Path) -> None:
@@ -458,10 +461,7 @@ def test_proxy_control_socket_in_a_missing_directory(tmp_path: Path, keyring_pat
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     config = _proxy_config(tmp_path, keyring_path, f"127.0.0.1:{port}", control)
-    code, plain, records = _start_proxy(config)
-    assert code == EXIT_USAGE
-    assert plain == [f"ConfigError: control_socket {control}: cannot listen: "
-                     "No such file or directory"]
-    events = [record.get("event") for record in records]
-    assert "proxy_started" not in events
-    assert "proxy_stopped" not in events
+    line = _start_failing_proxy(config)
+    assert line == (
+        f"ConfigError: control_socket {control}: cannot listen: No such file or directory"
+    )
