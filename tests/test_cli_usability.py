@@ -4,6 +4,7 @@ help text, ``--version``, ``inspect``'s clear context, terminals, JSON limits, p
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import pty
@@ -384,6 +385,27 @@ def test_encode_caps_json_per_channel(tmp_path: Path, capsys: pytest.CaptureFixt
     code, _, err = run(capsys, "encode", "--channel", "inputs", str(big), "--out", "x")
     assert code == EXIT_USAGE
     assert one_line(err) == f"TooLarge: {big}: more than {JSON_STRUCTURE_ALLOWANCE} bytes"
+
+
+def test_encode_refuses_json_structure_no_model_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Strings count towards the file cap only; masses of numbers or brackets are refused."""
+    state = vector("usbredir-full").state.model_dump(mode="json")
+    data = bytes(range(256)) * 8192  # 2 MiB of pending write: over the structure allowance
+    state["device"].update(write_size=len(data), write_data=base64.b64encode(data).decode())
+    model = tmp_path / "large-write.json"
+    model.write_text(json.dumps(state, indent=2))
+    out = tmp_path / "out.bin"
+    code, _, err = run(capsys, "encode", "--channel", "usbredir", str(model), "--out", str(out))
+    assert (code, err) == (EXIT_OK, "")
+    assert out.read_bytes()[-len(data):] == data
+    numbers = tmp_path / "numbers.json"
+    numbers.write_text('{"device": [' + ",".join(["1"] * (JSON_STRUCTURE_ALLOWANCE // 2)) + "]}")
+    code, _, err = run(capsys, "encode", "--channel", "usbredir", str(numbers), "--out", "x")
+    assert code == EXIT_USAGE
+    assert one_line(err).startswith("TooLarge: usbredir: ")
+    assert f"outside strings, more than any valid model needs ({JSON_STRUCTURE_ALLOWANCE})" in err
 
 
 def test_the_largest_display_model_fits_the_json_cap(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -10,15 +11,32 @@ from pydantic import ValidationError
 
 from gateway import native
 from gateway.cli._io import read_input, refuse_terminal, write_output
-from gateway.errors import SchemaViolation, schema_violation
+from gateway.errors import SchemaViolation, TooLarge, schema_violation
 from gateway.native._layout import BytesBlock, Layout
 from schemas import ChannelType
 
-__all__ = ["JSON_STRUCTURE_ALLOWANCE", "add_parsers", "json_limit"]
+__all__ = ["JSON_STRUCTURE_ALLOWANCE", "add_parsers", "check_json_structure", "json_limit"]
 
 #: JSON for everything but raw byte fields: field names, numbers, lists (the display's 1024
 #: surfaces with their rectangles are about 150 KiB pretty-printed), whitespace.
 JSON_STRUCTURE_ALLOWANCE = 1024 * 1024
+
+
+#: A JSON string literal (escapes included), in the unrolled form that runs in linear time.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def check_json_structure(text: bytes, channel: str) -> None:
+    """Refuse JSON whose structure (everything outside string literals: brackets, numbers,
+    whitespace) exceeds what any valid model needs, before a parser builds it in memory: a
+    file of millions of tiny array items costs far more memory to parse than its size."""
+    inside = sum(match.end() - match.start() - 2 for match in _STRING.finditer(text))
+    structure = len(text) - inside
+    if structure > JSON_STRUCTURE_ALLOWANCE:
+        raise TooLarge(
+            f"{channel}: {structure} bytes of JSON outside strings, more than any valid model "
+            f"needs ({JSON_STRUCTURE_ALLOWANCE})"
+        )
 
 
 def json_limit(channel: ChannelType) -> int:
@@ -90,6 +108,7 @@ def _encode(args: argparse.Namespace) -> int:
     channel = native.channel_by_name(args.channel)
     layout = native.layout_for(channel)
     text = read_input(args.file, limit=json_limit(channel))
+    check_json_structure(text, layout.channel)
     try:
         state = layout.model.model_validate_json(text)
     except ValidationError as error:
