@@ -1,4 +1,4 @@
-"""``fuzz/run``: run the harnesses under libFuzzer, one process per core, and report.
+"""fuzz/run: run the harnesses under libFuzzer, one process per core, and report.
 
     fuzz/run [HARNESS ...] [--time SECONDS] [--loop] [--keep-going] [--jobs N] [--merge-back]
     fuzz/run --smoke SECONDS [HARNESS ...]     each harness briefly (CI)
@@ -10,7 +10,7 @@
     fuzz/run --triage [HARNESS ...]            group saved crash inputs by what they raise
     fuzz/run --list
 
-Harnesses are scheduled over ``--jobs`` worker slots (default: one per core). Crashes, hangs
+Harnesses are scheduled over --jobs worker slots (default: one per core). Crashes, hangs
 and out-of-memory inputs go to fuzz/crashes/<harness>/, grown corpora to fuzz/out/corpus/,
 libFuzzer's full output to fuzz/out/logs/. The exit status is 0 when nothing was found, 1 on
 any finding (or a harness that would not run), 2 on a usage error.

@@ -11,7 +11,9 @@ holding a valid key could attack them.
 
 Oracle: only GatewayError escapes; a refused blob leaves nothing in the replay guard; an opened
 blob matches the expectation field by field, is within its lifetime, re-encodes natively, and
-opening it a second time is refused as Replayed.
+opening it a second time is refused as Replayed. The same blob is also read unauthenticated, as
+``inspect`` shows it: that too raises only GatewayError, and for a blob that opens it shows
+exactly the authenticated context and lifetime.
 """
 
 import atexit
@@ -42,6 +44,7 @@ with _harness.instrumented("gateway.envelope", "schemas"):
         Opened,
         Policy,
         open_envelope,
+        read_unauthenticated,
     )
     from gateway.errors import GatewayError, Replayed
     from gateway.keys import Key, Keyring, KeyState
@@ -166,6 +169,11 @@ def TestOneInput(data: bytes) -> None:
     expected, policy = choose(data[0])
     blob = data[1:]
     try:
+        shown: tuple[Any, ...] | None = read_unauthenticated(blob)[1:]
+    except GatewayError as error:
+        _harness.check_refusal(error, len(blob))
+        shown = None
+    try:
         opened = open_envelope(blob, expected, KEYRING, GUARD, policy=policy, now=NOW)
     except GatewayError as error:
         _harness.check_refusal(error, len(blob), policy.max_blob_size)
@@ -174,6 +182,8 @@ def TestOneInput(data: bytes) -> None:
         return
     try:
         _check_opened(opened, expected, policy, blob)
+        if shown != (opened.context, opened.issued_at, opened.expires_at):
+            raise _harness.OracleFailure("inspect shows another context than the one opened")
         try:
             open_envelope(blob, expected, KEYRING, GUARD, policy=policy, now=NOW)
         except Replayed:

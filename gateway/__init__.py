@@ -1,13 +1,21 @@
 """spice-migration-gateway: validate, seal and open SPICE seamless-migration state.
 
-Library use::
+The common case, native bytes in and out (:mod:`gateway.api`)::
 
-    from gateway import native, seal, open_envelope
-    state = native.decode(ChannelType.DISPLAY, payload)   # strict; raises GatewayError
-    blob = seal(state, context, keyring)                  # source host
-    opened = open_envelope(blob, expected, keyring, replay_guard)   # target host
+    import gateway
+    blob = gateway.seal_native("display", payload, vm=vm, migration=migration,
+                               source="host-a", target="host-b", keyring=keyring)
+    opened = gateway.open_native(blob, channel="display", vm=vm, migration=migration,
+                                 source="host-a", target="host-b", keyring=keyring,
+                                 replay_guard=guard)
+    opened.payload   # the native bytes for the target spice-server
+
+Finer control: :mod:`gateway.native` (codecs), :mod:`gateway.envelope` (``seal``,
+``open_envelope``, ``verify``, contexts and policy), :mod:`gateway.keys`, :mod:`gateway.replay`;
+the inline proxy is :mod:`gateway.proxy`, logs, metrics and the control API :mod:`gateway.service`.
 """
 
+from gateway.api import OpenedNative, open_native, seal_native
 from gateway.envelope import (
     ANY_MIGRATION,
     Context,
@@ -34,18 +42,16 @@ __all__ = [
     "Keyring",
     "KeyringFile",
     "Opened",
+    "OpenedNative",
     "Policy",
     "ReplayGuard",
     "Verified",
     "load_keyring",
-    "open",
     "open_envelope",
+    "open_native",
     "save_keyring",
     "seal",
+    "seal_native",
     "verify",
 ]
 __version__ = "0.1.0"
-
-#: ``gateway.open`` reads as the counterpart of ``gateway.seal``; the module never shadows the
-#: builtin for its own code.
-open = open_envelope

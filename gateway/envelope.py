@@ -71,6 +71,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_SIZE",
     "MAGIC",
+    "MAX_CLOCK_SKEW",
     "MAX_TTL",
     "SUITE",
     "Context",
@@ -83,6 +84,7 @@ __all__ = [
     "decode_state",
     "open_envelope",
     "read_header",
+    "read_unauthenticated",
     "seal",
     "verify",
 ]
@@ -114,6 +116,10 @@ DEFAULT_TTL: Final = 300
 """Seconds a blob stays valid: minutes, enough for a client to relay it after migration."""
 MAX_TTL: Final = 3600
 DEFAULT_CLOCK_SKEW: Final = 30
+"""Seconds the hosts' clocks may differ, applied to both ends of a blob's lifetime. The one
+default for the library, the command and the proxy (SECURITY.md, "Clock skew")."""
+MAX_CLOCK_SKEW: Final = 300
+"""The largest clock skew any opener accepts: it lengthens every lifetime and replay row."""
 
 RandomBytes = Callable[[int], bytes]
 
@@ -297,8 +303,8 @@ class Policy:
         for name in ("max_blob_size", "max_ttl", "max_depth", "max_str_len", "max_map_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"policy {name} must be positive")
-        if not 0 <= self.clock_skew <= 600:
-            raise ConfigError("policy clock_skew must be from 0 to 600 seconds")
+        if not 0 <= self.clock_skew <= MAX_CLOCK_SKEW:
+            raise ConfigError(f"policy clock_skew must be from 0 to {MAX_CLOCK_SKEW} seconds")
         if self.max_array_len < 0 or self.min_format_version < 1 or self.min_schema_version < 1:
             raise ConfigError("policy limits and minimum versions must be positive")
 
@@ -445,26 +451,57 @@ def _decode_context(
 def read_header(blob: bytes) -> Header:
     """Parse and bounds-check the fixed header: the only parsing done before authentication."""
     if len(blob) < HEADER_SIZE:
-        raise Truncated(f"envelope: {len(blob)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise Truncated(
+            f"envelope is truncated or not a sealed blob: {len(blob)} bytes, shorter than the "
+            f"{HEADER_SIZE}-byte header"
+        )
     magic, version, suite, context_length, body_length, key_id, salt = _HEADER.unpack_from(blob)
     if magic != MAGIC:
-        raise BadMagic("envelope: bad magic at offset 0")
+        raise BadMagic("envelope is not a sealed blob or was tampered with: bad magic at offset 0")
     if version != FORMAT_VERSION:
-        raise UnsupportedVersion(f"envelope: format version {version} at offset 4")
+        raise UnsupportedVersion(
+            f"envelope is from another gateway version or was tampered with: format version "
+            f"{version} at offset 4"
+        )
     if suite != SUITE:
-        raise UnsupportedVersion(f"envelope: suite {suite} at offset 5")
+        raise UnsupportedVersion(
+            f"envelope is from another gateway version or was tampered with: suite {suite} "
+            "at offset 5"
+        )
     if not _MIN_CONTEXT <= context_length <= _MAX_CONTEXT:
         raise CountOutOfRange(
-            f"envelope: context length {context_length} at offset 6 is outside "
+            f"envelope is malformed or tampered with: context length {context_length} at "
+            f"offset 6 is outside "
             f"{_MIN_CONTEXT}..{_MAX_CONTEXT}"
         )
     header = Header(version, suite, context_length, body_length, key_id, salt)
     total = header.total_length
     if len(blob) < total:
-        raise Truncated(f"envelope: {len(blob)} bytes, the header declares {total}")
+        raise Truncated(
+            f"envelope is truncated or tampered with: {len(blob)} bytes, the length fields "
+            f"of its header (offsets 6 and 8) declare {total}"
+        )
     if len(blob) > total:
-        raise UnaccountedBytes(f"envelope: {len(blob) - total} bytes after offset {total}")
+        raise UnaccountedBytes(
+            f"envelope is malformed or tampered with: {len(blob)} bytes, the length fields of "
+            f"its header (offsets 6 and 8) declare {total}, leaving {len(blob) - total} bytes "
+            f"after offset {total}"
+        )
     return header
+
+
+def read_unauthenticated(blob: bytes) -> tuple[Header, Context, int, int]:
+    """The header, context, issued-at and expires-at a blob carries in the clear, NOT verified.
+
+    For showing an operator what a blob claims (``inspect``), never for deciding anything: the
+    opening path parses no context before the MAC verified it. The same strict checks as after
+    authentication apply (every length bounded by the header's, itself bounded).
+    """
+    header = read_header(blob)
+    context, issued_at, expires_at = _decode_context(
+        blob[HEADER_SIZE : HEADER_SIZE + header.context_length]
+    )
+    return header, context, issued_at, expires_at
 
 
 def _seal_payload(
@@ -697,13 +734,18 @@ def verify(
     authenticated = blob[:context_end]
     mac = _hmac(mac_key, authenticated + blob[tag_end - TAG_SIZE : tag_end])
     if not hmac.compare_digest(mac, blob[tag_end:]):
-        raise AuthenticationFailed("envelope: signature does not verify")
+        raise AuthenticationFailed(
+            "envelope was tampered with, or sealed with a different secret under the same key "
+            "id: signature does not verify"
+        )
     try:
         payload = AESGCM(enc_key).decrypt(
             _NONCE, memoryview(blob)[context_end:tag_end], authenticated
         )
     except InvalidTag:
-        raise AuthenticationFailed("envelope: ciphertext does not verify") from None
+        raise AuthenticationFailed(
+            "envelope was tampered with: ciphertext does not verify"
+        ) from None
 
     context, issued_at, expires_at = _decode_context(blob[HEADER_SIZE:context_end], expected)
     state = decode_state(payload, context.channel_type, context.schema_version, policy=policy)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import enum
+import errno
 import json
 import os
 import stat
@@ -374,6 +375,12 @@ def read_protected_file(
         # O_NONBLOCK: a FIFO planted at the path must not hang the reader.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise error(
+                f"cannot open {what} {path}: it is a symbolic link, and symlinks are refused "
+                "so that the file whose owner and mode are checked is the file read and whoever "
+                "can change the link cannot swap the keys; name the file itself"
+            ) from None
         raise error(f"cannot open {what} {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)

@@ -1,7 +1,7 @@
 """The ``decode`` and ``encode`` verbs, in a child process and in-process.
 
-Exit codes: 0 success; 2 input refused, with exactly one stderr line starting with the error's
-class name; 1 anything else, usage errors included.
+Exit codes: 0 success; 2 input refused (exactly one stderr line starting with the error's class
+name), a usage error, or a file that cannot be used (one line naming it); 1 anything else.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway import native
-from gateway.cli import EXIT_FAILURE, EXIT_OK, EXIT_REFUSED, main
+from gateway.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
 from schemas import ChannelType
 from tests.test_native_vectors import VECTORS, Vector, vector
 
@@ -95,7 +95,7 @@ def test_refusal_in_a_child_process(tmp_path: Path) -> None:
 
 def test_usage_error_in_a_child_process() -> None:
     result = run("decode", "--channel", "cursor", "x.bin")
-    assert result.returncode == EXIT_FAILURE
+    assert result.returncode == EXIT_USAGE == 2
     assert b"invalid choice" in result.stderr
 
 
@@ -245,19 +245,22 @@ def test_encode_to_stdout(tmp_path: Path, capsysbinary: pytest.CaptureFixture[by
         ["frobnicate"],
     ],
 )
-def test_usage_errors_exit_1(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(args)
-    assert caught.value.code == EXIT_FAILURE
+    assert caught.value.code == EXIT_USAGE == 2
     assert "usage:" in capsys.readouterr().err
 
 
-def test_missing_file_is_a_failure_not_a_refusal(
+def test_missing_file_is_a_user_error_naming_the_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["decode", "--channel", "inputs", str(tmp_path / "absent.bin")])
-    assert code == EXIT_FAILURE
-    assert one_line(capsys.readouterr().err).startswith("error: FileNotFoundError")
+    absent = tmp_path / "absent.bin"
+    code = main(["decode", "--channel", "inputs", str(absent)])
+    assert code == EXIT_USAGE
+    assert one_line(capsys.readouterr().err) == (
+        f"FileNotFoundError: {absent}: No such file or directory"
+    )
 
 
 @pytest.mark.parametrize("verb", ["decode", "encode"])

@@ -190,7 +190,7 @@ def test_open_refuses_a_blob_over_the_size_limit(
                                               "--max-size", "100"))
 
 
-def test_inspect_shows_only_the_unauthenticated_header(
+def test_inspect_shows_the_header_and_clear_context_marked_unauthenticated(
     keyring_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     blob = seal_sample(capsys, keyring_path, tmp_path, "webdav")
@@ -200,17 +200,17 @@ def test_inspect_shows_only_the_unauthenticated_header(
     key = load_keyring(keyring_path).active
     assert key.id_hex in out
     assert key.secret.hex() not in out
-    assert "src" not in out  # the context is not shown: it is only trustworthy after open
+    assert "source:         src" in out  # shown, under the UNAUTHENTICATED banner
     assert f"total_length:   {len(blob.read_bytes())}" in out
     short = tmp_path / "short"
     short.write_bytes(blob.read_bytes()[:30])
     refused_as(capsys, "Truncated", "inspect", str(short))
 
 
-def test_usage_errors_exit_1(keyring_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_usage_errors_exit_2(keyring_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["seal", "--channel", "display", "--keyring", str(keyring_path), "x"])
-    assert caught.value.code == 1
+    assert caught.value.code == 2
     capsys.readouterr()
 
 

@@ -8,6 +8,11 @@ from pathlib import Path
 
 from gateway.errors import TooLarge
 
+
+class UsageError(Exception):
+    """Something the user named cannot be used (a file, a socket, standard output)."""
+
+
 #: No CLI input needs more than this; refused before it is read whole.
 MAX_INPUT = 128 * 1024 * 1024
 
@@ -22,6 +27,14 @@ def read_input(path: str, limit: int = MAX_INPUT) -> bytes:
     if len(data) > limit:
         raise TooLarge(f"{path}: more than {limit} bytes")
     return data
+
+
+def refuse_terminal(path: str | None) -> None:
+    """Refuse to write binary to a terminal (as gzip does): checked before any work is done."""
+    if (path is None or path == "-") and sys.stdout.isatty():
+        raise UsageError(
+            "refusing to write binary data to a terminal; use --out FILE or redirect stdout"
+        )
 
 
 def write_output(path: str | None, data: bytes) -> None:

@@ -1,23 +1,24 @@
-"""``demo``: the gateway's whole job on the bundled samples, on one machine.
-
-For every channel's sample payload: decode and validate it as the source gateway does, seal it,
-then open it as the target gateway does (authenticate, decrypt, validate, check the context,
-record it as used) and rebuild the native bytes, which must equal the original. Then show three
-refusals a malicious client would meet: a flipped bit, a replay, and a blob moved to another
-channel. Nothing outside a temporary directory is touched.
-"""
+"""``demo``: the gateway's whole job on the bundled samples, on one machine."""
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 import uuid
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from gateway import native
-from gateway.envelope import ANY_MIGRATION, Context, ExpectedContext, open_envelope, seal
+from gateway.envelope import (
+    ANY_MIGRATION,
+    Context,
+    ExpectedContext,
+    Opened,
+    open_envelope,
+    seal,
+)
 from gateway.errors import GatewayError
 from gateway.keys import Keyring
 from gateway.replay import ReplayGuard
@@ -25,12 +26,21 @@ from gateway.replay import ReplayGuard
 __all__ = ["add_parsers", "run_demo"]
 
 
+_DESCRIPTION = """\
+For every channel's sample payload: decode and validate it as the source gateway does,
+seal it, then open it as the target gateway does (authenticate, decrypt, validate, check
+the context, record it as used) and rebuild the native bytes, which must equal the
+original. It shows what one sealed blob is bound to and for how long, then three refusals
+a malicious client would meet: a flipped bit, a replay, and a blob moved to another
+channel, each with its reason. Nothing outside a temporary directory is touched.
+Exit code 0 when every step went as it should, 1 otherwise."""
+
+
 def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     demo = subparsers.add_parser(
         "demo",
         help="seal and open the bundled sample payloads end to end",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_DESCRIPTION,
     )
     demo.add_argument(
         "--samples", metavar="DIR", help="a folder of <channel>.bin payloads (default: bundled)"
@@ -61,6 +71,7 @@ def run_demo(folder: str | None = None) -> int:
     vm, migration = uuid.uuid4(), uuid.uuid4()
     failures = 0
     sealed: dict[str, bytes] = {}
+    shown: Opened | None = None
 
     def expected(name: str) -> ExpectedContext:
         return ExpectedContext(
@@ -93,6 +104,8 @@ def run_demo(folder: str | None = None) -> int:
                     blob = seal(state, context, keyring)
                     sealed[name] = blob
                     opened = open_envelope(blob, expected(name), keyring, guard)
+                    if shown is None or name == "display":
+                        shown = opened
                     rebuilt = native.encode(opened.state, channel)
                     result = "byte-identical" if rebuilt == payload else "MISMATCH"
                     failures += rebuilt != payload
@@ -100,11 +113,30 @@ def run_demo(folder: str | None = None) -> int:
                 except GatewayError as error:
                     failures += 1
                     print(f"{name:<10} {len(payload):>8} {'-':>8}  {type(error).__name__}: {error}")
+            if shown is not None:
+                _show_binding(shown)
             failures += _show_refusals(sealed, expected, keyring, guard)
         finally:
             guard.close()
     print("demo passed" if not failures else f"demo FAILED ({failures})")
     return 0 if not failures else 1
+
+
+def _show_binding(opened: Opened) -> None:
+    """What one blob was bound to, as the target authenticated it."""
+    context = opened.context
+    print()
+    print(f"the {context.channel_type.name.lower()} blob is bound to (authenticated):")
+    print(f"  channel {context.channel_type.name.lower()}, id {context.channel_id}")
+    print(f"  VM {context.vm_id}, migration {context.migration_id}")
+    print(f"  from host {context.source_host!r} to host {context.target_host!r}")
+    direction = context.direction.name.lower().replace("_", "-")
+    print(f"  schema version {context.schema_version}, {direction}")
+    issued = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(opened.issued_at))
+    print(
+        f"  issued {issued}, valid {opened.expires_at - opened.issued_at} s, "
+        "single-use (now recorded as used)"
+    )
 
 
 def _show_refusals(
@@ -129,7 +161,7 @@ def _show_refusals(
         try:
             open_envelope(blob, expected(channel), keyring, guard)
         except GatewayError as error:
-            print(f"refused {what}: {type(error).__name__}")
+            print(f"refused {what}: {type(error).__name__}: {error}")
         else:
             missed += 1
             print(f"ACCEPTED {what}")

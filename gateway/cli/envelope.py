@@ -2,17 +2,20 @@
 
 ``seal`` takes spice-server's native payload, validates it and seals it for a context given as
 options; ``open`` checks a blob against the expected context, records it in the replay database
-and writes the native payload back; ``inspect`` shows the unauthenticated fixed header only.
+and writes the native payload back; ``inspect`` shows what a blob carries in the clear (header,
+context, lifetime), unauthenticated.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import time
 import uuid
 from typing import Any
 
 from gateway import native
-from gateway.cli._io import read_input, write_output
+from gateway.cli._io import read_input, refuse_terminal, write_output
 from gateway.envelope import (
     ANY_MIGRATION,
     DEFAULT_CLOCK_SKEW,
@@ -24,7 +27,7 @@ from gateway.envelope import (
     ExpectedContext,
     Policy,
     open_envelope,
-    read_header,
+    read_unauthenticated,
     seal,
 )
 from gateway.errors import ConfigError
@@ -42,8 +45,17 @@ def _channel_names() -> list[str]:
 
 
 def _add_context_options(parser: argparse.ArgumentParser, *, opening: bool) -> None:
-    parser.add_argument("--channel", required=True, choices=_channel_names())
-    parser.add_argument("--channel-id", required=True, type=int, metavar="N", help="0..255")
+    channels = _channel_names()
+    parser.add_argument(
+        "--channel",
+        required=True,
+        choices=channels,
+        metavar="CHANNEL",
+        help=f"the SPICE channel the blob is for: {', '.join(channels)}",
+    )
+    parser.add_argument(
+        "--channel-id", required=True, type=int, metavar="N", help="the channel id, 0..255"
+    )
     parser.add_argument("--vm", required=True, metavar="UUID", help="the VM's UUID")
     if opening:
         parser.add_argument(
@@ -60,11 +72,26 @@ def _add_context_options(parser: argparse.ArgumentParser, *, opening: bool) -> N
             help="a trusted source host id (repeat for several)",
         )
     else:
-        parser.add_argument("--migration", required=True, metavar="UUID")
+        parser.add_argument(
+            "--migration",
+            required=True,
+            metavar="UUID",
+            help="this migration's id, the same for every channel of the migration",
+        )
         parser.add_argument("--source", required=True, metavar="HOST", help="this host's id")
     parser.add_argument("--target", required=True, metavar="HOST", help="the target host id")
-    parser.add_argument("--direction", choices=list(_DIRECTIONS), default="source-to-target")
-    parser.add_argument("--keyring", required=True, metavar="FILE")
+    parser.add_argument(
+        "--direction",
+        choices=list(_DIRECTIONS),
+        default="source-to-target",
+        help="which way the state travels",
+    )
+    parser.add_argument(
+        "--keyring",
+        required=True,
+        metavar="FILE",
+        help="the keyring file (mode 0600; see 'keys generate')",
+    )
     parser.add_argument("--out", metavar="FILE", help="output file (default: stdout, binary)")
     parser.add_argument("file", metavar="FILE", help="input ('-' for stdin)")
 
@@ -84,7 +111,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=int,
         default=DEFAULT_TTL,
         metavar="SECONDS",
-        help=f"lifetime (default {DEFAULT_TTL}, at most {MAX_TTL})",
+        help=f"lifetime in seconds, at most {MAX_TTL}",
     )
     sealer.set_defaults(func=_seal)
 
@@ -110,7 +137,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=int,
         default=DEFAULT_CLOCK_SKEW,
         metavar="SECONDS",
-        help=f"allowed clock difference between hosts (default {DEFAULT_CLOCK_SKEW})",
+        help="allowed clock difference between the hosts, in seconds",
     )
     opener.add_argument(
         "--max-size",
@@ -123,10 +150,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     inspector = subparsers.add_parser(
         "inspect",
-        help="show a blob's fixed header (unauthenticated)",
+        help="show what a blob carries in the clear (unauthenticated)",
         description=(
-            "Print the fixed header fields of a sealed blob without verifying it. Nothing shown "
-            "is authenticated; use 'open' to verify."
+            "Print the fixed header and the context a sealed blob carries in the clear\n"
+            "(channel, VM, migration, hosts, issued and expiry times with the time left),\n"
+            "without verifying it: useful to see why a blob would be refused as expired or\n"
+            "mismatched. Nothing shown is authenticated; only 'open' verifies."
         ),
     )
     inspector.add_argument("file", metavar="FILE", help="sealed blob ('-' for stdin)")
@@ -141,6 +170,7 @@ def _uuid(text: str, option: str) -> uuid.UUID:
 
 
 def _seal(args: argparse.Namespace) -> int:
+    refuse_terminal(args.out)
     channel = native.channel_by_name(args.channel)
     keyring = load_keyring(args.keyring)
     state = native.decode(channel, read_input(args.file))
@@ -159,6 +189,7 @@ def _seal(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> int:
+    refuse_terminal(args.out)
     channel = native.channel_by_name(args.channel)
     policy = Policy(max_blob_size=args.max_size, clock_skew=args.clock_skew)
     expected = ExpectedContext(
@@ -183,14 +214,43 @@ def _open(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(seconds: int) -> str:
+    try:
+        moment = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds} (not a representable time)"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _left(expires_at: int, now: int) -> str:
+    if now > expires_at:
+        return f"expired {now - expires_at} s ago"
+    return f"{expires_at - now} s left"
+
+
 def _inspect(args: argparse.Namespace) -> int:
-    header = read_header(read_input(args.file, limit=DEFAULT_POLICY.max_blob_size))
-    print("UNAUTHENTICATED: fixed header only, not verified; do not trust these values")
-    print(f"format_version: {header.format_version}")
-    print(f"suite:          {header.suite}")
-    print(f"key_id:         {header.key_id.hex()}")
-    print(f"blob_id (salt): {header.salt.hex()}")
-    print(f"context_length: {header.context_length}")
-    print(f"body_length:    {header.body_length}")
-    print(f"total_length:   {header.total_length}")
+    blob = read_input(args.file, limit=DEFAULT_POLICY.max_blob_size)
+    header, context, issued_at, expires_at = read_unauthenticated(blob)
+    now = int(time.time())
+    lines = [
+        "UNAUTHENTICATED: read without verifying the blob; do not trust these values",
+        f"format_version: {header.format_version}",
+        f"suite:          {header.suite}",
+        f"key_id:         {header.key_id.hex()}",
+        f"blob_id (salt): {header.salt.hex()}",
+        f"context_length: {header.context_length}",
+        f"body_length:    {header.body_length}",
+        f"total_length:   {header.total_length}",
+        f"channel:        {context.channel_type.name.lower()}",
+        f"channel_id:     {context.channel_id}",
+        f"vm:             {context.vm_id}",
+        f"migration:      {context.migration_id}",
+        f"source:         {context.source_host}",
+        f"target:         {context.target_host}",
+        f"direction:      {context.direction.name.lower().replace('_', '-')}",
+        f"schema_version: {context.schema_version}",
+        f"issued_at:      {_when(issued_at)}",
+        f"expires_at:     {_when(expires_at)} ({_left(expires_at, now)})",
+    ]
+    print("\n".join(lines))
     return 0

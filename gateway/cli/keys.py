@@ -64,7 +64,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     listing = verbs.add_parser(
-        "list", help="list key ids, states and creation times (never secrets)"
+        "list",
+        help="list key ids, states and creation times (never secrets)",
+        description=(
+            "Print one line per key: its id (32 hex digits), its state (active, pending,\n"
+            "decrypt-only, retired) and when it was created. Secrets are never shown."
+        ),
     )
     retire = verbs.add_parser(
         "retire",
@@ -78,7 +83,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
         (listing, _list),
         (retire, _retire),
     ):
-        parser.add_argument("--keyring", required=True, metavar="FILE", help="the keyring file")
+        parser.add_argument(
+            "--keyring", required=True, metavar="FILE", help="the keyring file (mode 0600)"
+        )
         parser.set_defaults(func=handler)
     add_identity_parsers(verbs)
 
@@ -141,6 +148,10 @@ def add_identity_parsers(verbs: argparse._SubParsersAction[Any]) -> None:
     rotate = verbs.add_parser(
         "host-rotate",
         help="make the pending generation the one that signs; retire the old one",
+        description=(
+            "Promote the pending generation to active and retire the old one, erasing its "
+            "private keys. Run it once every peer trusts the pending generation."
+        ),
     )
     export = verbs.add_parser(
         "host-export",
@@ -154,7 +165,9 @@ def add_identity_parsers(verbs: argparse._SubParsersAction[Any]) -> None:
     export.add_argument("--key-id", metavar="KEY_ID", help="the generation, 32 hex digits")
     export.add_argument("--output", metavar="FILE", help="where to write (default stdout)")
     listing = verbs.add_parser(
-        "host-list", help="list this host's generations: id, state, created, fingerprint"
+        "host-list",
+        help="list this host's generations: id, state, created, fingerprint",
+        description="List this host's identity generations (never a private key).",
     )
     for parser, handler in (
         (init, _host_init),
@@ -181,11 +194,17 @@ def add_identity_parsers(verbs: argparse._SubParsersAction[Any]) -> None:
     add.add_argument("public", metavar="PUBLIC_FILE", help="the peer's public identity")
     add.add_argument("--fingerprint", required=True, metavar="FP", help="as the peer printed it")
     trust_list = verbs.add_parser(
-        "trust-list", help="list trusted peer generations: host, id, state, fingerprint"
+        "trust-list",
+        help="list trusted peer generations: host, id, state, fingerprint",
+        description="List every peer generation in the trust store, with its state.",
     )
     retire = verbs.add_parser(
         "trust-retire",
         help="stop trusting a peer generation (retiring the active one promotes a pending one)",
+        description=(
+            "Retire a peer generation: nothing it signs is accepted any more. Retiring a "
+            "peer's active generation promotes its pending one, if any."
+        ),
     )
     retire.add_argument("key_id", metavar="KEY_ID", help="the generation, 32 hex digits")
     for parser, handler in ((add, _trust_add), (trust_list, _trust_list), (retire, _trust_retire)):

@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any
 
+from gateway.cli import EXIT_FAILURE, EXIT_OK
+from gateway.cli._io import UsageError
 from gateway.errors import ConfigError
 from gateway.proxy.config import load_config
 from gateway.service.logs import configure_logging
@@ -27,7 +29,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
         ),
     )
     proxy.add_argument("--config", required=True, metavar="FILE", help="the proxy's TOML config")
-    proxy.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    proxy.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="the least severe log records written",
+    )
     proxy.add_argument(
         "--check",
         action="store_true",
@@ -38,10 +45,23 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     control = subparsers.add_parser(
         "control",
         help="query a running proxy through its control socket",
-        description="Send one command (health, metrics, prometheus, reload) to a running proxy.",
+        description=(
+            "Send one command to a running proxy and print its answer on stdout. Exit codes:\n"
+            "0 the proxy answered ok; 1 it answered that the command failed (the reason on\n"
+            "stderr) or did not answer; 2 the socket cannot be reached (named on stderr)."
+        ),
     )
-    control.add_argument("--socket", required=True, metavar="PATH")
-    control.add_argument("command", choices=["health", "metrics", "prometheus", "reload"])
+    control.add_argument(
+        "--socket",
+        required=True,
+        metavar="PATH",
+        help="the proxy's control socket (control_socket in its config)",
+    )
+    control.add_argument(
+        "command",
+        choices=["health", "metrics", "prometheus", "reload"],
+        help="health, metrics (JSON), prometheus (text) or reload (re-read the keyring)",
+    )
     control.set_defaults(func=_control)
 
 
@@ -79,9 +99,25 @@ def _proxy(args: argparse.Namespace) -> int:
 def _control(args: argparse.Namespace) -> int:
     from gateway.service.control import request
 
-    answer = request(args.socket, {"cmd": args.command})
-    if args.command == "prometheus" and answer.get("ok"):
+    try:
+        answer = request(args.socket, {"cmd": args.command})
+    except TimeoutError:
+        print(f"error: control socket {args.socket}: no answer in time", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        if isinstance(error, ConnectionRefusedError):
+            reason += " (is the proxy running?)"
+        raise UsageError(f"control socket {args.socket}: {reason}") from None
+    except ValueError as error:
+        print(f"error: control socket {args.socket}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not answer.get("ok"):
+        detail = " ".join(str(answer.get("error", "no reason given")).split())
+        print(f"error: {args.command} failed: {detail}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.command == "prometheus":
         sys.stdout.write(str(answer.get("text", "")))
     else:
         print(json.dumps(answer, indent=2))
-    return 0 if answer.get("ok") else 1
+    return EXIT_OK

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.envelope import DEFAULT_CLOCK_SKEW, MAX_CLOCK_SKEW
 from gateway.errors import ConfigError, shorten
 
 __all__ = ["Limits", "Peer", "ProxyConfig", "Route", "load_config", "parse_address"]
@@ -49,7 +50,7 @@ class Limits(_Strict):
     #: milliseconds in the end-to-end runs); the target spice-server itself gives up on the
     #: display's data after 10 s. A blob older than that is of no use to a real migration.
     blob_ttl: Annotated[int, Field(ge=1, le=3600)] = 10
-    clock_skew: Annotated[int, Field(ge=0, le=300)] = 5
+    clock_skew: Annotated[int, Field(ge=0, le=MAX_CLOCK_SKEW)] = DEFAULT_CLOCK_SKEW
     #: How long the source waits for the target's peer link to take an announcement.
     peer_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
 

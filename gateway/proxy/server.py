@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import ssl
 import time
@@ -70,6 +71,11 @@ def _upstream_tls(route: Route) -> ssl.SSLContext | None:
 def _reason(error: OSError) -> str:
     """``strerror`` for a missing file, OpenSSL's reason for a bad one (SSLError is an OSError)."""
     return str(error.strerror or getattr(error, "reason", None) or type(error).__name__)
+
+
+def _os_reason(error: OSError) -> str:
+    """The system's short reason ("Address already in use"), not asyncio's long wording."""
+    return os.strerror(error.errno) if error.errno else _reason(error)
 
 
 class _Connection:
@@ -285,16 +291,21 @@ class ProxyServer:
         for route in self.config.routes:
             host, port = parse_address(route.listen)
             tls = client_tls[route.name]
-            server = await asyncio.start_server(
-                functools.partial(self._accept, route),
-                host,
-                port,
-                ssl=tls,
-                # A TLS handshake is part of linking: bound it the same way.
-                ssl_handshake_timeout=self.config.limits.link_timeout if tls else None,
-                limit=READ_SIZE,
-                reuse_address=True,
-            )
+            try:
+                server = await asyncio.start_server(
+                    functools.partial(self._accept, route),
+                    host,
+                    port,
+                    ssl=tls,
+                    # A TLS handshake is part of linking: bound it the same way.
+                    ssl_handshake_timeout=self.config.limits.link_timeout if tls else None,
+                    limit=READ_SIZE,
+                    reuse_address=True,
+                )
+            except OSError as error:
+                raise ConfigError(
+                    f"route {route.name}: cannot listen on {route.listen}: {_os_reason(error)}"
+                ) from None
             self._servers.append(server)
             bound = server.sockets[0].getsockname()
             self.addresses[route.name] = (bound[0], bound[1])
@@ -318,7 +329,14 @@ class ProxyServer:
                     "reload": self._cmd_reload,
                 },
             )
-            await self._control.start()
+            try:
+                await self._control.start()
+            except OSError as error:
+                self._control = None  # nothing of ours to close or unlink
+                raise ConfigError(
+                    f"control_socket {self.config.control_socket}: cannot listen: "
+                    f"{_os_reason(error)}"
+                ) from None
 
     def health(self) -> dict[str, Any]:
         return {
@@ -451,10 +469,12 @@ async def run_proxy(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.request_stop)
     loop.add_signal_handler(signal.SIGHUP, lambda: _safe_reload(proxy))
+    started = False
     try:
         # Inside the try: a route that cannot listen still closes the ones already open.
         await proxy.start()
         audit("proxy_started", "proxy started", host_id=config.host_id, routes=len(config.routes))
+        started = True
         if ready is not None:
             ready(proxy)
         await proxy.serve_forever()
@@ -462,7 +482,8 @@ async def run_proxy(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await proxy.stop()
-        audit("proxy_stopped", "proxy stopped", host_id=config.host_id)
+        if started:  # every proxy_stopped pairs with a proxy_started
+            audit("proxy_stopped", "proxy stopped", host_id=config.host_id)
 
 
 def _safe_reload(proxy: ProxyServer) -> None:
