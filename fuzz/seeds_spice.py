@@ -155,12 +155,107 @@ def server_framing_seeds() -> dict[str, bytes]:
     }
 
 
+def proxy_pair_seeds() -> dict[str, bytes]:
+    """Scripts of the two-proxy harness (``proxy_pair_fuzzer``): real migrations, then what a
+    client can do wrong with them. The step encoding is the harness's own."""
+    import _harness
+
+    _harness.INSTRUMENT = False  # building scripts, not fuzzing
+    import proxy_pair_fuzzer as pp
+
+    def step(kind: int, proxy: int, slot: int, *args: int) -> bytes:
+        return pp.op(kind, proxy, slot, *args)
+
+    src, dst = 0, 1
+    main, display, inputs, cursor = 0, 1, 2, 6
+    session = 1 << 4  # SESSIONS[1], the id MAIN_INIT hands out with argument 0
+
+    def linked(proxy: int, framing: int = 0) -> bytes:
+        """main in slot 0 (the session's own on the source), display and inputs in 1 and 2."""
+        first = main | (0 if proxy == src else session)
+        return (
+            step(pp.LINK, proxy, 0, first | framing)
+            + (step(pp.SERVER, proxy, 0, 0) if proxy == src else b"")
+            + step(pp.LINK, proxy, 1, display | session | framing)
+            + step(pp.LINK, proxy, 2, inputs | session | framing)
+        )
+
+    both = linked(src) + linked(dst)
+    begin = step(pp.SERVER, src, 0, 1)  # MIGRATE_BEGIN_SEAMLESS to the peer
+    migrate = b"".join(step(pp.SERVER, src, s, 2 | 3 << 3) for s in (0, 1, 2))
+    flush = b"".join(step(pp.CLIENT, src, s, 0, 0) for s in (0, 1, 2))
+    data = b"".join(step(pp.SERVER, src, s, 3) for s in (0, 1, 2))
+    sealed = both + begin + migrate + flush + data
+    relay = b"".join(step(pp.RELAY, dst, 0, i) for i in range(3))
+    do_seamless = step(pp.CLIENT, dst, 0, 1, 0)
+    return {
+        "migration": sealed + do_seamless + relay,
+        "migration-full-header": linked(src, 0xC0)
+        + linked(dst, 0xC0)
+        + begin
+        + migrate
+        + flush
+        + data
+        + relay,
+        "migration-by-slot": sealed
+        + b"".join(step(pp.CLIENT, dst, s, 4 | s << 3, 0) for s in (0, 1, 2)),
+        "migration-split-reads": sealed
+        + b"".join(step(pp.SPLIT, dst, s, s, 100) for s in (0, 1, 2)),
+        "replayed-blob": sealed + relay + step(pp.LINK, dst, 3, display | session) + relay,
+        "replay-after-reconnect": sealed
+        + step(pp.RELAY, dst, 0, 1)
+        + step(pp.CLOSE, dst, 1)
+        + step(pp.LINK, dst, 1, display | session)
+        + step(pp.RELAY, dst, 0, 1),
+        "cancelled-then-again": both
+        + begin
+        + step(pp.SERVER, src, 0, 4)  # MIGRATE_CANCEL
+        + step(pp.SERVER, src, 1, 3)  # refused: no migration in flight
+        + step(pp.LINK, src, 1, display | session)
+        + begin
+        + migrate
+        + flush
+        + data
+        + relay,
+        "untrusted-destination": both + step(pp.SERVER, src, 0, 1 | 1 << 3) + data,
+        "destination-by-tls-port": both + step(pp.SERVER, src, 0, 1 | 2 << 3) + data + relay,
+        "native-from-client": both + b"".join(step(pp.CLIENT, dst, s, 5, 0) for s in (0, 1, 2)),
+        "flipped-and-truncated": sealed
+        + step(pp.CLIENT, dst, 1, 6 | 1 << 3, 40)
+        + step(pp.CLIENT, dst, 2, 7 | 2 << 3, 128)
+        + relay,
+        "wrong-channel": sealed + step(pp.CLIENT, dst, 2, 4 | 1 << 3, 0) + relay,
+        "back-to-the-source": sealed
+        + b"".join(step(pp.CLIENT, src, s, 4 | s << 3, 0) for s in (0, 1, 2)),
+        "expired": sealed + step(pp.CLOCK, src, 0, 110) + relay,
+        "two-migrations": sealed
+        + step(pp.RELAY, dst, 0, 0)
+        + begin
+        + data
+        + relay
+        + step(pp.RELAY, dst, 0, 4),
+        "unasked-flush-and-do-seamless": both
+        + step(pp.CLIENT, src, 1, 0, 0)
+        + step(pp.CLIENT, src, 0, 1, 0)
+        + step(pp.LINK, src, 3, cursor | session)
+        + step(pp.SERVER, src, 3, 3)
+        + step(pp.CLIENT, dst, 0, 2, 0),
+        "switch-host-and-raw": both
+        + step(pp.SERVER, src, 0, 5)
+        + step(pp.SERVER, src, 0, 6)
+        + step(pp.CLIENT, src, 0, 3, 0)
+        + step(pp.RAW, dst, 1, 6, 5, 0, 2, 0, 0, 0)
+        + step(pp.SERVER, dst, 0, 7),
+    }
+
+
 def build_seeds() -> dict[str, dict[str, bytes]]:
     """Harness name (without ``_fuzzer.py``) -> seed name -> seed bytes."""
     return {
         "spice_link": link_seeds(),
         "spice_client_framing": client_framing_seeds(),
         "spice_server_framing": server_framing_seeds(),
+        "proxy_pair": proxy_pair_seeds(),
     }
 
 
