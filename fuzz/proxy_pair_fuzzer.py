@@ -87,6 +87,10 @@ CHANNELS = (
     ChannelType.CURSOR,  # no migration data
     ChannelType.WEBDAV,
 )
+#: A channel type this gateway does not know (in place of cursor channel 1).
+UNKNOWN_CHANNEL = 99
+#: A MIGRATE_DATA body this large is sealed or opened in a worker thread (pending device data).
+LARGE = 64 * 1024
 #: connection_id 0 (a fresh session), then the session ids spice-server hands out here.
 SESSIONS = (0, 0x5E55, 0x7A11, 0x1D)
 SAMPLE_CHANNELS = tuple(SAMPLES)
@@ -203,9 +207,12 @@ class Run:
 
     def link(self, proxy: Proxy, index: int, arg: int) -> None:
         slot = proxy.connect(index)
+        channel, channel_id = CHANNELS[arg & 7], arg >> 3 & 1
+        if channel == ChannelType.CURSOR and channel_id:
+            channel, channel_id = UNKNOWN_CHANNEL, 0
         for direction, unit in link_exchange(
-            CHANNELS[arg & 7],
-            arg >> 3 & 1,
+            channel,
+            channel_id,
             connection_id=SESSIONS[arg >> 4 & 3],
             mini_header=not arg & 0x40,
             auth_selection=not arg & 0x80,
@@ -248,7 +255,8 @@ class Run:
             channel = slot.handler.channel_type
             if more % 8 or channel not in SAMPLES:
                 channel = SAMPLE_CHANNELS[more % len(SAMPLE_CHANNELS)]
-            self.send(slot, S2C, self.message(slot, S2C, Msg.MIGRATE_DATA, SAMPLES[channel]))
+            body = SAMPLES[channel] + (bytes(LARGE) if more & 16 else b"")
+            self.send(slot, S2C, self.message(slot, S2C, Msg.MIGRATE_DATA, body))
             return
         elif which == 4:
             message = MigrateCancel()
@@ -271,6 +279,8 @@ class Run:
             data = self.message(slot, C2S, Msgc.PONG, bytes(12))
         elif which == 5:
             body = SAMPLES[SAMPLE_CHANNELS[more % len(SAMPLE_CHANNELS)]]
+            if more & 16:  # past the inline limit: the thread path
+                body = body + bytes(LARGE)
             data = self.message(slot, C2S, Msgc.MIGRATE_DATA, body)
         else:
             blob = self.pooled(more)
@@ -286,18 +296,56 @@ class Run:
     def pooled(self, index: int) -> bytes:
         return self.pool[index % len(self.pool)] if self.pool else b""
 
-    def relay(self, proxy: Proxy, arg: int) -> None:
-        """The next blob, on the first slot of ``proxy`` linked on its channel."""
-        blob = self.pooled(arg)
+    def relay(self, proxy: Proxy, arg: int, together: bool) -> None:
+        """A blob, on the first slot of ``proxy`` linked on its channel; ``together``: the
+        next blob too, on its own slot, both handled at once as two connections' pumps are
+        (both verified before either is recorded)."""
+        sends = [s for s in (self._relay_to(proxy, arg),) if s is not None]
+        if together:
+            second = self._relay_to(proxy, arg + 1)
+            if second is not None and sends and second[0] is not sends[0][0]:
+                sends.append(second)
+        if len(sends) == 2:
+            self.send_together(sends)
+        for slot, data in sends[:1] if len(sends) == 1 else ():
+            self.send(slot, C2S, data)
+
+    def _relay_to(self, proxy: Proxy, index: int) -> tuple[Slot, bytes] | None:
+        blob = self.pooled(index)
         sealed = self.blobs.get(blob)
         if sealed is None:
-            return
-        for index in sorted(proxy.slots):
-            slot = proxy.slots[index]
+            return None
+        for key in sorted(proxy.slots):
+            slot = proxy.slots[key]
             handler = slot.handler
             if (handler.channel_type, handler.channel_id) == sealed.channel:
-                self.send(slot, C2S, self.message(slot, C2S, Msgc.MIGRATE_DATA, blob))
+                return slot, self.message(slot, C2S, Msgc.MIGRATE_DATA, blob)
+        return None
+
+    def send_together(self, sends: list[tuple[Slot, bytes]]) -> None:
+        """Each slot's one MIGRATE_DATA through ``rewrite``, the two run as concurrent tasks."""
+        events = []
+        for slot, data in sends:
+            try:
+                (event,) = slot.conn.receive_from_client(data)
+            except (GatewayError, ValueError):
+                self.send(slot, C2S, data)  # not one whole message: one at a time
                 return
+            events.append((slot, event))
+
+        async def both() -> list[bytes | BaseException]:
+            return await asyncio.gather(
+                *(slot.handler.rewrite(event) for slot, event in events), return_exceptions=True
+            )
+
+        for (slot, event), out in zip(events, LOOP.run_until_complete(both()), strict=True):
+            if isinstance(out, GatewayError):
+                _harness.check_refusal(out, len(event.raw))
+                slot.proxy.disconnect(_index(slot))
+            elif isinstance(out, BaseException):
+                raise out
+            else:
+                self.check(slot, event, out)
 
     def step(self, code: int, args: bytes) -> int:
         """Run one step; returns how many argument bytes it used."""
@@ -310,7 +358,7 @@ class Run:
             self.clock.now += 3 * arg
             return 1
         if kind == RELAY:
-            self.relay(proxy, arg)
+            self.relay(proxy, arg, bool(code & 0x80))
             return 1
         slot = proxy.slots.get(index)
         if kind == CLOSE:
@@ -343,6 +391,10 @@ class Run:
                 raise _harness.OracleFailure("a session outlived every connection")
 
 
+def _index(slot: Slot) -> int:
+    return next(i for i, held in slot.proxy.slots.items() if held is slot)
+
+
 def _kind(slot: Slot) -> HeaderKind:
     return slot.header_kind or HeaderKind.MINI
 
@@ -362,6 +414,15 @@ def _walk(raw: bytes, kind: HeaderKind) -> list[tuple[int, bytes]]:
     return found
 
 
+def check_sessions(proxy: Proxy) -> None:
+    """A session whose every linked data channel was sealed for the current migration has
+    no migration in flight: stopping the source proxy need not wait for it."""
+    for session in proxy.state.sessions.in_flight():
+        with session.lock:
+            if session.sealed and session.sealed >= session.expected_channels:
+                raise _harness.OracleFailure("a session sealed whole is still in flight")
+
+
 def run_script(data: bytes) -> Run:
     run = Run()
     pos = steps = 0
@@ -369,6 +430,8 @@ def run_script(data: bytes) -> Run:
         code = data[pos]
         pos += 1 + run.step(code, data[pos + 1 :])
         steps += 1
+        check_sessions(run.source)
+        check_sessions(run.target)
     run.close()
     return run
 

@@ -53,6 +53,8 @@ def _seeds(fuzz: dict[str, ModuleType]) -> dict[str, bytes]:
         ("back-to-the-source", 3, 0),
         ("expired", 3, 0),
         ("two-migrations", 6, 3),
+        ("two-migrations-verified-together", 6, 1),
+        ("a-migration-verified-together", 3, 3),
     ],
 )
 def test_scripts_migrate_what_they_say(
@@ -68,6 +70,17 @@ def test_a_replayed_blob_is_refused_and_closes_the_channel(fuzz: dict[str, Modul
     run = pp.run_script(_seeds(fuzz)["migration"])
     assert len(run.accepted) == 3
     assert run.target.state.metrics.get("smg_migrations_completed_total") == 1
+
+
+def test_blobs_verified_together_pin_one_migration(fuzz: dict[str, ModuleType]) -> None:
+    """Two first blobs of different migrations, verified before either is recorded: the one
+    recorded first pins the session; the other is refused at its claim, not recorded."""
+    run = fuzz["proxy_pair_fuzzer"].run_script(_seeds(fuzz)["two-migrations-verified-together"])
+    refused = run.target.state.metrics.get(
+        "smg_refused_total", reason="open", channel="main"
+    )
+    assert refused == 1
+    assert len(run.target.guard) == 1
 
 
 def test_the_oracle_catches_unopened_bytes(
