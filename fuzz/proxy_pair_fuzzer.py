@@ -50,6 +50,7 @@ with _harness.instrumented("gateway.proxy.channel", "gateway.proxy.sessions", "g
     from gateway.errors import GatewayError
     from gateway.spice import (
         ChannelType,
+        ConnectionState,
         Direction,
         DstInfo,
         Event,
@@ -149,7 +150,7 @@ class Run:
 
     def _check_opened(self, slot: Slot, blob: bytes, out: bytes) -> None:
         kind = slot.header_kind or HeaderKind.MINI
-        ((msg_type, body),) = _walk(out, kind)
+        msg_type, body = _one(out, kind)
         if msg_type != Msgc.MIGRATE_DATA:
             raise _harness.OracleFailure(f"MIGRATE_DATA rewritten into type {msg_type}")
         sealed = self.blobs.get(blob)
@@ -167,7 +168,7 @@ class Run:
         self.accepted.add(blob)
 
     def _check_sealed(self, slot: Slot, payload: bytes, out: bytes) -> None:
-        ((msg_type, blob),) = _walk(out, slot.header_kind or HeaderKind.MINI)
+        msg_type, blob = _one(out, _kind(slot))
         handler, proxy = slot.handler, slot.proxy
         peer = self.peer(proxy).host_id
         if msg_type != Msg.MIGRATE_DATA or blob == payload:
@@ -323,14 +324,16 @@ class Run:
         return None
 
     def send_together(self, sends: list[tuple[Slot, bytes]]) -> None:
-        """Each slot's one MIGRATE_DATA through ``rewrite``, the two run as concurrent tasks."""
+        """Each slot's one MIGRATE_DATA through ``rewrite``, the two run as concurrent tasks
+        (or one after the other where a slot is not ready for a whole message)."""
+        if not all(_ready(slot) for slot, _ in sends):
+            for slot, data in sends:
+                if slot.proxy.slots.get(_index(slot, default=-1)) is slot:
+                    self.send(slot, C2S, data)
+            return
         events = []
         for slot, data in sends:
-            try:
-                (event,) = slot.conn.receive_from_client(data)
-            except (GatewayError, ValueError):
-                self.send(slot, C2S, data)  # not one whole message: one at a time
-                return
+            (event,) = slot.conn.receive_from_client(data)  # ready: one whole message
             events.append((slot, event))
 
         async def both() -> list[bytes | BaseException]:
@@ -391,8 +394,27 @@ class Run:
                 raise _harness.OracleFailure("a session outlived every connection")
 
 
-def _index(slot: Slot) -> int:
-    return next(i for i, held in slot.proxy.slots.items() if held is slot)
+def _index(slot: Slot, default: int | None = None) -> int:
+    """The slot number ``slot`` holds on its proxy (``default`` once it was closed)."""
+    for index, held in slot.proxy.slots.items():
+        if held is slot:
+            return index
+    if default is None:
+        raise LookupError("the slot was closed")
+    return default
+
+
+def _ready(slot: Slot) -> bool:
+    """The connection is in its data stage with nothing buffered from the client."""
+    return slot.conn.state is ConnectionState.ESTABLISHED and not slot.conn.buffered(C2S)
+
+
+def _one(raw: bytes, kind: HeaderKind) -> tuple[int, bytes]:
+    """The single message the proxy sent in place of one message."""
+    messages = _walk(raw, kind)
+    if len(messages) != 1:
+        raise _harness.OracleFailure(f"one message rewritten into {len(messages)}")
+    return messages[0]
 
 
 def _kind(slot: Slot) -> HeaderKind:
