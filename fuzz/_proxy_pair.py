@@ -27,7 +27,7 @@ from gateway.errors import Replayed
 from gateway.keys import Key, Keyring, KeyState
 from gateway.proxy.channel import ChannelHandler, ProxyState
 from gateway.proxy.config import Limits, Peer, ProxyConfig, Route
-from gateway.proxy.sessions import SessionTable
+from gateway.proxy.sessions import DATA_CHANNELS, SessionTable
 from gateway.replay import ReplayGuard
 from gateway.service.metrics import Metrics
 from gateway.spice import (
@@ -63,18 +63,10 @@ MAX_MESSAGE_SIZE = 1 << 20
 
 #: A real native payload per data channel: the captured samples the package ships.
 SAMPLES: dict[ChannelType, bytes] = {
-    channel: (
-        Path(native.__file__).parents[1] / "samples" / f"{channel.name.lower()}.bin"
+    ChannelType(channel): (
+        Path(native.__file__).parents[1] / "samples" / f"{ChannelType(channel).name.lower()}.bin"
     ).read_bytes()
-    for channel in (
-        ChannelType.MAIN,
-        ChannelType.DISPLAY,
-        ChannelType.INPUTS,
-        ChannelType.SMARTCARD,
-        ChannelType.USBREDIR,
-        ChannelType.PORT,
-        ChannelType.WEBDAV,
-    )
+    for channel in sorted(DATA_CHANNELS)
 }
 
 # The decision layer audits every step; a fuzzer has no use for millions of log records.

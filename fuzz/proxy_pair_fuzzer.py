@@ -78,16 +78,8 @@ __all__ = ["CHANNELS", "SESSIONS", "TestOneInput", "op", "run_script"]
 LINK, CLOSE, SERVER, CLIENT, RAW, CLOCK, SPLIT, RELAY = range(8)
 #: Steps past this many are ignored: a script is a migration or two, not a day of traffic.
 MAX_STEPS = 64
-CHANNELS = (
-    ChannelType.MAIN,
-    ChannelType.DISPLAY,
-    ChannelType.INPUTS,
-    ChannelType.SMARTCARD,
-    ChannelType.USBREDIR,
-    ChannelType.PORT,
-    ChannelType.CURSOR,  # no migration data
-    ChannelType.WEBDAV,
-)
+#: Every channel with migration data, and the cursor channel, which has none; by type.
+CHANNELS = tuple(sorted({*SAMPLES, ChannelType.CURSOR}))
 #: A channel type this gateway does not know (in place of cursor channel 1).
 UNKNOWN_CHANNEL = 99
 #: A MIGRATE_DATA body this large is sealed or opened in a worker thread (pending device data).

@@ -249,7 +249,10 @@ def proxy_pair_seeds() -> dict[str, bytes]:
         return pp.op(kind, proxy, slot, *args)
 
     src, dst = 0, 1
-    main, display, inputs, cursor = 0, 1, 2, 6
+    main, display, inputs, cursor = (
+        pp.CHANNELS.index(c)
+        for c in (ChannelType.MAIN, ChannelType.DISPLAY, ChannelType.INPUTS, ChannelType.CURSOR)
+    )
     session = 1 << 4  # SESSIONS[1], the id MAIN_INIT hands out with argument 0
 
     def linked(proxy: int, framing: int = 0) -> bytes:
