@@ -41,6 +41,7 @@ __all__ = [
     "interesting_ints",
     "libfuzzer_mutate",
     "main",
+    "msgpack_depth",
     "schema_modules",
 ]
 
@@ -118,6 +119,29 @@ def main(
 
 
 # --- the oracle ------------------------------------------------------------------------------
+
+
+def msgpack_depth(payload: bytes) -> int | None:
+    """Nesting depth of the containers in ``payload`` (the root container is 1), read by a
+    plain unpacker; None when it cannot read it."""
+    import msgpack
+
+    try:
+        obj = msgpack.unpackb(payload, raw=True, strict_map_key=False, use_list=False)
+    except Exception:
+        return None
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, tuple):
+            children = list(item)
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def check_refusal(error: Exception, size: int, limit: int | None = None) -> None:

@@ -8,7 +8,10 @@ points, then the bytes the direction's sender writes after a scripted, valid lin
 Oracle: only ``GatewayError`` escapes, with a short message; the ``raw`` bytes of the events
 are always an exact prefix of the input, and all of it but a buffered partial message when
 nothing was refused; each pass-through run is exactly ``count`` whole messages, none of them a
-migration message of the channel and direction, each within the maximum message size.
+migration message of the channel and direction, each within the maximum message size; each
+migration message is its header and body, decodes the same through ``decode_migration``, and
+re-frames around its own body to its own bytes (``sub_list`` cleared); a connection that
+refused once is broken and refuses any further input from either side.
 """
 
 import struct
@@ -18,9 +21,9 @@ import _harness
 
 with _harness.instrumented("gateway.spice"):
     from gateway.errors import GatewayError
-    from gateway.spice import ChannelType, Direction, HeaderKind, SpiceConnection
-    from gateway.spice.events import Event, Passthrough
-    from gateway.spice.messages import migration_class
+    from gateway.spice import ChannelType, ConnectionState, Direction, HeaderKind, SpiceConnection
+    from gateway.spice.events import Event, Message, Passthrough, reframe
+    from gateway.spice.messages import decode_migration, migration_class
     from gateway.spice.scripted import link_exchange
 
 #: Type and size of each data header.
@@ -71,13 +74,44 @@ def check_framing(data: bytes, direction: Direction) -> None:
         _harness.check_refusal(error, len(payload))
         if not payload.startswith(accepted):
             raise _harness.OracleFailure("accepted bytes are not a prefix of the input") from None
+        check_broken(conn)
         return
     if bytes(accepted) + payload[len(payload) - conn.buffered(direction) :] != payload:
         raise _harness.OracleFailure("raw slices do not add up to the consumed input")
 
 
+def check_broken(conn: SpiceConnection) -> None:
+    """A connection that refused once refuses everything after, from either side."""
+    if conn.state is not ConnectionState.BROKEN:
+        raise _harness.OracleFailure(f"a refusing connection is {conn.state.value}")
+    for receive in (conn.receive_from_client, conn.receive_from_server):
+        try:
+            receive(b"\x00")
+        except GatewayError:
+            continue
+        raise _harness.OracleFailure("a broken connection took more input")
+
+
+def check_message(event: Message, channel: int) -> None:
+    """A migration message is its header and body, decoded as ``decode_migration`` would."""
+    if event.header + event.body != event.raw or event.body_size != len(event.body):
+        raise _harness.OracleFailure("a message's header and body do not make its bytes")
+    if event.header_size != event.kind.size:
+        raise _harness.OracleFailure("a message's header size is not its kind's")
+    body = event.body
+    again = decode_migration(channel, event.direction, event.msg_type, body)
+    if again is None or again != event.migration:
+        raise _harness.OracleFailure(f"type {event.msg_type} decodes otherwise alone")
+    expected = event.raw if not event.sub_list else event.raw[:14] + bytes(4) + body
+    if reframe(event, body) != expected:
+        raise _harness.OracleFailure(f"type {event.msg_type} does not re-frame to its bytes")
+
+
 def check_run(event: Event, kind: HeaderKind, channel: int) -> None:
     """A pass-through run holds what it promises (read with a header walk of its own)."""
+    if isinstance(event, Message):
+        check_message(event, channel)
+        return
     if not isinstance(event, Passthrough):
         return
     header, raw = HEADERS[kind], event.raw

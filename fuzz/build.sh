@@ -12,8 +12,9 @@ pip3 install .
 
 python3 fuzz/_table.py | while read -r name file max_len timeout rss_limit_mb; do
     binary=${file%.py}
-    # PyInstaller follows the harness's imports (its siblings in fuzz/, the installed package).
-    compile_python_fuzzer "fuzz/$file"
+    # PyInstaller follows the harness's imports (its siblings in fuzz/, the installed package);
+    # the package's data files (the captured native samples proxy_pair starts from) go along.
+    compile_python_fuzzer "fuzz/$file" --collect-data gateway
     if [ -d "fuzz/corpus/$name" ] && [ -n "$(ls -A "fuzz/corpus/$name")" ]; then
         zip -q -j "$OUT/${binary}_seed_corpus.zip" "fuzz/corpus/$name"/*
     fi

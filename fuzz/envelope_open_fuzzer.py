@@ -46,7 +46,7 @@ with _harness.instrumented("gateway.envelope", "schemas"):
         open_envelope,
         read_unauthenticated,
     )
-    from gateway.errors import GatewayError, Replayed
+    from gateway.errors import GatewayError, Replayed, SchemaViolation
     from gateway.keys import Key, Keyring, KeyState
     from gateway.replay import ReplayGuard
     from schemas import ChannelType, model_for
@@ -179,6 +179,8 @@ def TestOneInput(data: bytes) -> None:
         _harness.check_refusal(error, len(blob), policy.max_blob_size)
         if len(GUARD):
             raise _harness.OracleFailure("a refused blob was recorded as consumed") from error
+        if isinstance(error, SchemaViolation):
+            _check_depth_first(blob, policy)
         return
     try:
         _check_opened(opened, expected, policy, blob)
@@ -192,6 +194,17 @@ def TestOneInput(data: bytes) -> None:
             raise _harness.OracleFailure("the same blob opened twice")
     finally:
         GUARD.prune(FOREVER)
+
+
+def _check_depth_first(blob: bytes, policy: Policy) -> None:
+    """A payload nested deeper than the policy allows is refused by the msgpack layer, never
+    left for the schema to trip over (only a key holder reaches this: the blob opened)."""
+    unsealed = unseal(blob)
+    nesting = _harness.msgpack_depth(unsealed[2]) if unsealed else None
+    if nesting is not None and nesting > policy.max_depth:
+        raise _harness.OracleFailure(
+            f"payload nested {nesting} deep (limit {policy.max_depth}) reached the schema"
+        )
 
 
 def _check_opened(opened: Opened, expected: ExpectedContext, policy: Policy, blob: bytes) -> None:
@@ -316,7 +329,11 @@ def CustomMutator(data: bytes, max_size: int, seed: int) -> bytes:
     _, format_version, suite, _, _, key_id, salt = fields
     expected, _ = choose(selector[0])
     roll = rng.random()
-    if roll < 0.4:
+    if roll < 0.1:
+        # Deeper: the document wrapped in one-element arrays, around the depth limit.
+        limit = DEFAULT_POLICY.max_depth
+        payload = b"\x91" * rng.randint(max(1, limit - 4), limit + 8) + payload
+    elif roll < 0.4:
         payload = _harness.libfuzzer_mutate(payload, max(2 * len(payload), 64))
     elif roll < 0.65:
         context = build_context(rng.choice, expected)

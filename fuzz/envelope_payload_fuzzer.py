@@ -34,25 +34,8 @@ def decode_payload(payload: bytes, channel: ChannelType, version: int) -> StateM
     return envelope.decode_state(payload, channel, version, policy=DEFAULT_POLICY)
 
 
-def depth(payload: bytes) -> int | None:
-    """Nesting depth of the containers in ``payload`` (the root container is 1), read by a
-    plain unpacker; None when it cannot read it."""
-    try:
-        obj = msgpack.unpackb(payload, raw=True, strict_map_key=False, use_list=False)
-    except Exception:
-        return None
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict):
-            children = list(item.values())
-        elif isinstance(item, tuple):
-            children = list(item)
-        else:
-            continue
-        deepest = max(deepest, level)
-        stack.extend((child, level + 1) for child in children)
-    return deepest
+#: Nesting depth of a payload's containers (see ``_harness.msgpack_depth``).
+depth = _harness.msgpack_depth
 
 
 def TestOneInput(data: bytes) -> None:

@@ -324,3 +324,23 @@ def test_document_builder_writes_the_schemas_shape() -> None:
             valid += 1
     assert shaped > 550
     assert valid > 20
+
+
+def test_planted_depth_is_caught_by_envelope_open(load: Callable[[Any], ModuleType]) -> None:
+    """A key holder's blob nested past the depth limit: refused by the msgpack layer; with the
+    bound removed it reaches the schema, and the harness's oracle says so."""
+    planted = _planted()
+    (harness,) = _table.discover(["envelope_open"])
+    module = load(harness)
+    expected = module.EXPECTATIONS[0]
+    context = module.build_context(lambda options: options[0], expected)
+    deep = b"\x91" * 20 + b"\x80"
+    key_id = next(iter(module.SECRETS))
+    blob = module.seal_raw(context, deep, key_id=key_id, salt=bytes(32))
+    module.TestOneInput(b"\x00" + blob)  # refused as nesting too deep
+    undo = planted.planted(next(b for b in planted.BUGS if b.name == "depth"))
+    try:
+        with pytest.raises(_harness.OracleFailure, match="nested 21 deep"):
+            module.TestOneInput(b"\x00" + blob)
+    finally:
+        undo()

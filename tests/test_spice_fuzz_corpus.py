@@ -17,7 +17,7 @@ from gateway.spice.events import Passthrough
 from gateway.spice.scripted import link_exchange
 
 FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
-HARNESSES = ("spice_link", "spice_client_framing", "spice_server_framing")
+HARNESSES = ("spice_link", "spice_client_framing", "spice_server_framing", "proxy_pair")
 #: Framing seeds built to be refused; every other framing seed is valid traffic.
 REFUSED = {"oversized-header", "begin-seamless-host-past-end"}
 

@@ -1,0 +1,134 @@
+"""The two-proxy state-machine harness (fuzz/proxy_pair_fuzzer.py): its scripts do what their
+names say, its oracles catch a proxy that lets unopened bytes through, and the planted logic bug
+is caught by a committed seed."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from gateway.envelope import read_unauthenticated
+
+pytest.importorskip("atheris", reason="the fuzz extra is not installed")
+
+FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
+
+
+@pytest.fixture(scope="module")
+def fuzz() -> Iterator[dict[str, ModuleType]]:
+    sys.path.insert(0, str(FUZZ))
+    try:
+        harness = importlib.import_module("_harness")
+        harness.INSTRUMENT = False
+        yield {
+            name: importlib.import_module(name)
+            for name in ("_harness", "proxy_pair_fuzzer", "seeds_spice", "planted")
+        }
+    finally:
+        sys.path.remove(str(FUZZ))
+
+
+def _seeds(fuzz: dict[str, ModuleType]) -> dict[str, bytes]:
+    seeds: dict[str, bytes] = fuzz["seeds_spice"].proxy_pair_seeds()
+    return seeds
+
+
+@pytest.mark.parametrize(
+    ("seed", "sealed", "accepted"),
+    [
+        ("migration", 3, 3),
+        ("migration-full-header", 3, 3),
+        ("migration-split-reads", 3, 3),
+        ("replayed-blob", 3, 3),
+        ("replay-after-reconnect", 3, 1),
+        ("cancelled-then-again", 3, 3),
+        ("untrusted-destination", 0, 0),
+        ("native-from-client", 0, 0),
+        ("flipped-and-truncated", 3, 1),
+        ("wrong-channel", 3, 2),
+        ("back-to-the-source", 3, 0),
+        ("expired", 3, 0),
+        # The second attempt supersedes the first at the target (peer link): the first
+        # attempt's two blobs relayed after it are refused, as are the second's on that
+        # session, which pinned the first attempt.
+        ("two-migrations", 6, 1),
+        ("two-migrations-verified-together", 6, 1),
+        ("a-migration-verified-together", 3, 3),
+    ],
+)
+def test_scripts_migrate_what_they_say(
+    fuzz: dict[str, ModuleType], seed: str, sealed: int, accepted: int
+) -> None:
+    run = fuzz["proxy_pair_fuzzer"].run_script(_seeds(fuzz)[seed])
+    assert (len(run.pool), len(run.accepted)) == (sealed, accepted)
+    assert len(run.target.guard) == accepted
+
+
+def test_a_replayed_blob_is_refused_and_closes_the_channel(fuzz: dict[str, ModuleType]) -> None:
+    pp = fuzz["proxy_pair_fuzzer"]
+    run = pp.run_script(_seeds(fuzz)["migration"])
+    assert len(run.accepted) == 3
+    assert run.target.state.metrics.get("smg_migrations_completed_total") == 1
+
+
+def test_blobs_verified_together_pin_one_migration(fuzz: dict[str, ModuleType]) -> None:
+    """Two first blobs of different attempts, verified before either is recorded: the one of
+    the attempt the target runs (the newest announced) is accepted; the other, of the attempt
+    it superseded, is refused and not recorded."""
+    run = fuzz["proxy_pair_fuzzer"].run_script(_seeds(fuzz)["two-migrations-verified-together"])
+    metrics = run.target.state.metrics
+    refused = sum(
+        metrics.get("smg_refused_total", reason="open", channel=name)
+        for name in ("main", "display", "inputs")
+    )
+    assert refused == 1
+    assert len(run.target.guard) == 1
+    (accepted,) = run.accepted
+    current = run.target.state.attempts.current(run.target.route.vm_id)
+    assert current is not None
+    _, context, _, _ = read_unauthenticated(accepted)
+    assert context.migration_id == current.migration_id
+
+
+def test_the_oracle_catches_unopened_bytes(
+    fuzz: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy that forwarded every client MIGRATE_DATA as received fails the oracle."""
+    pp = fuzz["proxy_pair_fuzzer"]
+    from gateway.proxy.channel import ChannelHandler
+
+    async def as_received(self: Any, event: Any) -> bytes:
+        return bytes(event.raw)
+
+    monkeypatch.setattr(ChannelHandler, "rewrite", as_received)
+    with pytest.raises(fuzz["_harness"].OracleFailure, match=r"reached the server|unsealed"):
+        pp.TestOneInput(_seeds(fuzz)["native-from-client"])
+
+
+def test_the_oracle_catches_a_blob_accepted_twice(
+    fuzz: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pp = fuzz["proxy_pair_fuzzer"]
+    monkeypatch.setattr(pp._proxy_pair.MemoryReplayGuard, "consume", lambda *a, **k: None)
+    with pytest.raises(fuzz["_harness"].OracleFailure, match="accepted twice"):
+        pp.TestOneInput(_seeds(fuzz)["replayed-blob"])
+
+
+def test_planted_logic_bug_is_caught_by_a_seed(fuzz: dict[str, ModuleType]) -> None:
+    planted = fuzz["planted"]
+    bug = next(b for b in planted.BUGS if b.name == "unopened-data")
+    script = _seeds(fuzz)["migration"]
+    fuzz["proxy_pair_fuzzer"].TestOneInput(script)
+    undo = planted.planted(bug)
+    try:
+        with pytest.raises(fuzz["_harness"].OracleFailure):
+            fuzz["proxy_pair_fuzzer"].TestOneInput(script)
+    finally:
+        undo()
+    fuzz["proxy_pair_fuzzer"].TestOneInput(script)
