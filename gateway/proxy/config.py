@@ -6,7 +6,7 @@ import ipaddress
 import tomllib
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -34,26 +34,62 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        hide_input_in_errors=True,
+        use_attribute_docstrings=True,
+    )
+
+    #: When a change to each key takes effect (``docs/config.md`` is generated from this and
+    #: the fields' docstrings): "reload" (SIGHUP or ``control reload``), "reload (new
+    #: connections)", or "restart".
+    RELOAD: ClassVar[dict[str, str]] = {}
 
 
 class Limits(_Strict):
     """Resource bounds; every one of them applies per process."""
 
+    RELOAD: ClassVar[dict[str, str]] = {
+        "max_connections": "reload (new connections)",
+        "max_message_size": "reload (new connections)",
+        "max_buffered_bytes": "reload (new connections)",
+        "link_timeout": "reload (new connections)",
+        "shutdown_grace": "reload",
+        "blob_ttl": "reload",
+        "clock_skew": "reload",
+    }
+
     max_connections: Annotated[int, Field(ge=1, le=65536)] = 1024
+    """Proxied channel connections open at once, all routes together; more are refused."""
     max_message_size: Annotated[int, Field(ge=4096, le=1 << 30)] = 64 * 1024 * 1024
+    """Largest SPICE message body accepted in either direction (bytes); a sealed blob may
+    exceed it by the envelope's framing."""
     max_buffered_bytes: Annotated[int, Field(ge=65536, le=1 << 30)] = 4 * 1024 * 1024
+    """Write buffer per direction of a connection (bytes) before reading from the other side
+    pauses."""
     link_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    """Seconds a connection may take to finish the SPICE link stage (and the TLS handshake),
+    and to reach spice-server."""
     shutdown_grace: Annotated[float, Field(ge=0, le=600)] = 10.0
+    """Seconds SIGTERM waits for migrations in flight before closing every connection."""
     blob_ttl: Annotated[int, Field(ge=1, le=3600)] = 300
+    """Seconds a blob sealed here stays valid."""
     clock_skew: Annotated[int, Field(ge=0, le=300)] = 5
+    """Seconds of clock difference between hosts tolerated when checking a blob's lifetime."""
 
 
 class Peer(_Strict):
     """Another gateway host, and the addresses by which clients are told to reach it."""
 
+    RELOAD: ClassVar[dict[str, str]] = {"host_id": "reload", "addresses": "reload"}
+
     host_id: HostId
+    """The peer's ``host_id``: blobs are sealed for it, and accepted from it."""
     addresses: Annotated[tuple[str, ...], Field(min_length=1, max_length=64)]
+    """``HOST:PORT`` of the peer's routes, written exactly as ``client_migrate_info`` names them
+    (the source compares host strings, not resolved addresses)."""
 
     @field_validator("addresses")
     @classmethod
@@ -66,15 +102,37 @@ class Peer(_Strict):
 class Route(_Strict):
     """One VM's SPICE endpoint: where clients connect, and the spice-server behind it."""
 
+    RELOAD: ClassVar[dict[str, str]] = {
+        "name": "reload",
+        "listen": "reload (the route is replaced)",
+        "upstream": "reload (the route is replaced)",
+        "vm_id": "reload (the route is replaced)",
+        "tls_cert": "reload (the route is replaced)",
+        "tls_key": "reload (the route is replaced)",
+        "upstream_tls": "reload (the route is replaced)",
+        "upstream_ca": "reload (the route is replaced)",
+        "upstream_server_name": "reload (the route is replaced)",
+    }
+
     name: Annotated[str, Field(min_length=1, max_length=128)]
+    """Unique name of the route (logs, metrics, the control API); usually the VM's name."""
     listen: str
+    """``HOST:PORT`` where SPICE clients connect to this VM on this host."""
     upstream: str
+    """``HOST:PORT`` of the VM's spice-server, on loopback; never the same as ``listen``."""
     vm_id: Annotated[uuid.UUID, Field(strict=False)]
+    """The VM's identity, the same on every host (its libvirt domain UUID); blobs are bound
+    to it."""
     tls_cert: str | None = None
+    """PEM certificate chain presented to clients; with ``tls_key``, the route speaks TLS."""
     tls_key: str | None = None
+    """PEM private key of ``tls_cert`` (owner-only file)."""
     upstream_tls: bool = False
+    """Connect to spice-server with TLS (its ``tls-port``)."""
     upstream_ca: str | None = None
+    """PEM CA bundle that signed spice-server's certificate; the system's CAs when unset."""
     upstream_server_name: str | None = None
+    """Name checked in spice-server's certificate; the upstream host when unset."""
 
     @field_validator("listen", "upstream")
     @classmethod
@@ -88,20 +146,58 @@ class Route(_Strict):
             raise ValueError("tls_cert and tls_key go together")
         if self.upstream_ca is not None and not self.upstream_tls:
             raise ValueError("upstream_ca needs upstream_tls = true")
+        if parse_address(self.listen) == parse_address(self.upstream):
+            raise ValueError("listen and upstream are the same address")
         return self
 
 
 class ProxyConfig(_Strict):
+    """One proxy process: this host, its keys, its trusted peers and its routes."""
+
+    RELOAD: ClassVar[dict[str, str]] = {
+        "host_id": "restart",
+        "keyring": "restart (the file's keys: reload)",
+        "replay_db": "restart",
+        "control_socket": "restart",
+        "metrics_listen": "restart",
+        "limits": "see [limits]",
+        "peers": "reload",
+        "routes": "reload (the difference is applied)",
+    }
+
     host_id: HostId
+    """This host's identity in sealed blobs: what sources seal for, what targets check."""
     keyring: str
+    """Path of the keyring file (owner-only, mode 0600), shared by the hosts that migrate to
+    each other."""
     replay_db: str
+    """Path of the replay database (SQLite) on persistent local storage: the single-use
+    guarantee."""
     control_socket: str | None = None
+    """Path of the control API's Unix socket (mode 0600); none when unset. Needed for
+    ``control route ...`` and the libvirt hook."""
+    metrics_listen: str | None = None
+    """``HOST:PORT`` of the HTTP listener serving ``/metrics`` (Prometheus text format) and
+    ``/healthz``; none when unset. No authentication: loopback or a management network."""
     limits: Limits = Limits()
+    """Resource bounds (the ``[limits]`` table)."""
     peers: Annotated[tuple[Peer, ...], Field(max_length=4096)] = ()
-    routes: Annotated[tuple[Route, ...], Field(min_length=1, max_length=4096)]
+    """The other gateway hosts this one migrates to and from (``[[peers]]`` tables)."""
+    routes: Annotated[tuple[Route, ...], Field(max_length=4096)] = ()
+    """One ``[[routes]]`` table per VM served from the config; routes may also be added at
+    runtime through the control API (the libvirt hook does)."""
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
+        return value
 
     @model_validator(mode="after")
     def _unique(self) -> ProxyConfig:
+        if not self.routes and not self.control_socket:
+            raise ValueError("no routes and no control_socket to add them: nothing to serve")
         names = [route.name for route in self.routes]
         if len(set(names)) != len(names):
             raise ValueError("route names must be unique")

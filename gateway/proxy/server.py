@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.envelope import Policy
@@ -23,9 +23,10 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.keys import Keyring, KeyringFile
 from gateway.proxy.channel import ChannelHandler, ProxyState
 from gateway.proxy.config import ProxyConfig, Route, parse_address
+from gateway.proxy.lifecycle import Lifecycle
+from gateway.proxy.routes import RouteTable
 from gateway.proxy.sessions import SessionTable
 from gateway.replay import ReplayGuard
-from gateway.service.control import ControlServer
 from gateway.service.logs import LOG, audit, log
 from gateway.service.metrics import Metrics
 from gateway.spice.connection import ConnectionState, SpiceConnection
@@ -246,6 +247,7 @@ class ProxyServer:
         *,
         keyring_file: KeyringFile | None = None,
         clock: Callable[[], float] = time.time,
+        config_path: str | Path | None = None,
     ) -> None:
         self.config = config
         self.keyring_file = keyring_file or KeyringFile(config.keyring)
@@ -263,15 +265,23 @@ class ProxyServer:
             ),
             clock=clock,
         )
-        self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
-        self._control: ControlServer | None = None
-        self._upstream_tls: dict[str, ssl.SSLContext | None] = {}
+        self.routes = RouteTable(
+            self._accept,
+            lambda route: (_client_tls(route), _upstream_tls(route)),
+            lambda: self.config.limits.link_timeout,
+            READ_SIZE,
+        )
+        self.lifecycle = Lifecycle(self, config_path)
         #: Migration messages being sealed or opened in a worker thread right now.
         self.rewriting = 0
         self._stopping = asyncio.Event()
-        self.addresses: dict[str, tuple[str, int]] = {}
         self.started = time.time()
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Where each serving route listens (its bound address)."""
+        return self.routes.addresses
 
     def _keyring(self) -> Keyring:
         return self.keyring_file.keyring
@@ -280,43 +290,16 @@ class ProxyServer:
 
     async def start(self) -> None:
         # Every route's TLS settings are checked before any port opens.
-        client_tls = {route.name: _client_tls(route) for route in self.config.routes}
-        self._upstream_tls = {route.name: _upstream_tls(route) for route in self.config.routes}
         for route in self.config.routes:
-            host, port = parse_address(route.listen)
-            tls = client_tls[route.name]
-            server = await asyncio.start_server(
-                functools.partial(self._accept, route),
-                host,
-                port,
-                ssl=tls,
-                # A TLS handshake is part of linking: bound it the same way.
-                ssl_handshake_timeout=self.config.limits.link_timeout if tls else None,
-                limit=READ_SIZE,
-                reuse_address=True,
-            )
-            self._servers.append(server)
-            bound = server.sockets[0].getsockname()
-            self.addresses[route.name] = (bound[0], bound[1])
-            log(
-                logging.INFO,
-                "listening",
-                route=route.name,
-                listen=f"{bound[0]}:{bound[1]}",
-                upstream=route.upstream,
-                tls=route.tls_cert is not None,
-            )
-        if self.config.control_socket:
-            self._control = ControlServer(
-                self.config.control_socket,
-                {
-                    "health": self._cmd_health,
-                    "metrics": self._cmd_metrics,
-                    "prometheus": self._cmd_prometheus,
-                    "reload": self._cmd_reload,
-                },
-            )
-            await self._control.start()
+            _client_tls(route)
+            _upstream_tls(route)
+        changes = await self.routes.apply(self.config.routes, "config")
+        for route in self.config.routes:
+            self.metrics.route_added(route.name)
+        if changes.failed:
+            name, reason = next(iter(changes.failed.items()))
+            raise ConfigError(reason if name in reason else f"route {name}: {reason}")
+        await self.lifecycle.start()
 
     def health(self) -> dict[str, Any]:
         return {
@@ -328,32 +311,9 @@ class ProxyServer:
             "uptime": round(time.time() - self.started, 3),
         }
 
-    def _cmd_health(self, _: dict[str, Any]) -> dict[str, Any]:
-        return self.health()
-
-    def _cmd_metrics(self, _: dict[str, Any]) -> dict[str, Any]:
-        return {"metrics": self.metrics.snapshot()}
-
-    def _cmd_prometheus(self, _: dict[str, Any]) -> dict[str, Any]:
-        return {"text": self.metrics.render()}
-
-    def _cmd_reload(self, _: dict[str, Any]) -> dict[str, Any]:
-        return {"keys": self.reload()}
-
     def reload(self) -> int:
-        """Re-read the keyring (SIGHUP); on failure the keys in use stay in use."""
-        try:
-            keyring = self.keyring_file.reload()
-        except GatewayError as error:
-            log(
-                logging.ERROR,
-                "keyring reload failed; keeping the current keys",
-                error=type(error).__name__,
-                detail=str(error),
-            )
-            raise
-        log(logging.INFO, "keyring reloaded", keys=len(keyring))
-        return len(keyring)
+        """Re-read the keyring; on failure the keys in use stay in use."""
+        return self.lifecycle.reload_keys()
 
     async def serve_forever(self) -> None:
         await self._stopping.wait()
@@ -364,19 +324,15 @@ class ProxyServer:
     async def stop(self) -> None:
         """Stop accepting; let in-flight migrations finish within the grace period; close."""
         self._stopping.set()
-        for server in self._servers:
-            server.close()
+        self.routes.close()
         deadline = time.monotonic() + self.config.limits.shutdown_grace
         while (self.state.sessions.in_flight() or self.rewriting) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
-        if self._control is not None:
-            await self._control.close()
+        await self.routes.wait_closed()
+        await self.lifecycle.stop()
         self.replay_guard.close()
         log(logging.INFO, "stopped")
 
@@ -410,7 +366,7 @@ class ProxyServer:
                     asyncio.open_connection(
                         host,
                         port,
-                        ssl=self._upstream_tls[route.name],
+                        ssl=self.routes.upstream_tls(route),
                         server_hostname=route.upstream_server_name or host
                         if route.upstream_tls
                         else None,
@@ -439,28 +395,29 @@ class ProxyServer:
 
 
 async def run_proxy(
-    config: ProxyConfig, *, ready: Callable[[ProxyServer], None] | None = None
+    config: ProxyConfig,
+    *,
+    ready: Callable[[ProxyServer], None] | None = None,
+    config_path: str | Path | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads the keyring."""
-    proxy = ProxyServer(config)
+    """Run until SIGTERM or SIGINT; SIGHUP re-reads the config at ``config_path`` (routes,
+    peers, limits) and the keyring, or only the keyring without a path."""
+    proxy = ProxyServer(config, config_path=config_path)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _safe_reload(proxy))
+    loop.add_signal_handler(signal.SIGHUP, proxy.lifecycle.schedule_reload)
     try:
         # Inside the try: a route that cannot listen still closes the ones already open.
         await proxy.start()
         audit("proxy_started", "proxy started", host_id=config.host_id, routes=len(config.routes))
+        proxy.lifecycle.ready()
         if ready is not None:
             ready(proxy)
         await proxy.serve_forever()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        proxy.lifecycle.stopping()
         await proxy.stop()
         audit("proxy_stopped", "proxy stopped", host_id=config.host_id)
-
-
-def _safe_reload(proxy: ProxyServer) -> None:
-    with contextlib.suppress(GatewayError):
-        proxy.reload()
