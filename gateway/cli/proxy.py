@@ -28,7 +28,10 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     proxy.add_argument("--config", required=True, metavar="FILE", help="the proxy's TOML config")
     proxy.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     proxy.add_argument(
-        "--check", action="store_true", help="validate the config and keyring, then exit"
+        "--check", action="store_true", help=(
+            "check everything starting needs (config, keyring, files and their modes, TLS "
+            "pairs, free listen addresses and control socket), then exit"
+        ),
     )
     proxy.set_defaults(func=_proxy)
 
@@ -71,8 +74,13 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _proxy(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.check:
+        from gateway.errors import ConfigError
         from gateway.keys import load_keyring
+        from gateway.proxy.preflight import preflight
 
+        problems = preflight(config)
+        if problems:
+            raise ConfigError(f"{args.config}: " + "; ".join(problems))
         keyring = load_keyring(config.keyring)
         print(f"config ok: {len(config.routes)} route(s), {len(keyring)} key(s)")
         return 0
