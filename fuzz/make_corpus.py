@@ -916,6 +916,77 @@ def proxy_config_seeds() -> Seeds:
     return seeds
 
 
+_DOMAIN = """<domain type='qemu' id='3'>
+  <name>web01</name>
+  <uuid>9b1c1f1e-5a38-4d3f-a3f0-6a2b8d1c7e42</uuid>
+  <memory unit='KiB'>65536</memory>
+  <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <graphics type='vnc' port='5900' autoport='no' listen='127.0.0.1'/>
+    <graphics type='spice' port='15901' tlsPort='15902' autoport='no' listen='127.0.0.1'>
+      <listen type='address' address='127.0.0.1'/>
+      <image compression='off'/>
+    </graphics>
+    <video><model type='qxl' ram='65536' vram='65536' heads='1' primary='yes'/></video>
+  </devices>
+</domain>
+"""
+
+
+def libvirt_domain_seeds() -> Seeds:
+    full = _DOMAIN.encode()
+    seeds = Seeds(inputs=[full])
+    spice = full[full.index(b"<graphics type='spice'") : full.index(b"</graphics>") + 11]
+    seeds.inputs += [
+        full.replace(spice, b""),
+        full.replace(spice, spice + spice.replace(b"15901", b"15911")),
+        full.replace(b" tlsPort='15902'", b""),
+        full.replace(b"port='15901' tlsPort='15902' autoport='no'", b"autoport='yes'"),
+        full.replace(b"127.0.0.1", b"0.0.0.0"),
+        full.replace(b"address='127.0.0.1'", b"address='::1'").replace(b" listen='127.0.0.1'", b""),
+        full.replace(
+            b"<listen type='address' address='127.0.0.1'/>",
+            b"<listen type='socket' socket='/run/spice.sock'/>",
+        ).replace(b" listen='127.0.0.1'", b""),
+        full.replace(
+            b"<listen type='address' address='127.0.0.1'/>",
+            b"<listen type='network' address='192.168.122.1' network='default'/>",
+        ),
+        b'<!DOCTYPE d [<!ENTITY a "a">]><domain><name>&a;</name></domain>',
+        full.replace(b"9b1c1f1e-5a38-4d3f-a3f0-6a2b8d1c7e42", b"x"),
+        full[: len(full) // 2],
+        b"",
+        b"<domain/>",
+    ]
+    seeds.words = [
+        b"<domain>",
+        b"</domain>",
+        b"<name>",
+        b"<uuid>",
+        b"<devices>",
+        b"<graphics type='spice'",
+        b"</graphics>",
+        b"<listen type='address' address='",
+        b"type='socket'",
+        b"type='network'",
+        b"port='",
+        b"tlsPort='",
+        b"autoport='yes'",
+        b"listen='",
+        b"127.0.0.1",
+        b"::1",
+        b"0.0.0.0",
+        b"localhost",
+        b"-1",
+        b"65535",
+        b"<!DOCTYPE",
+        b"<![CDATA[",
+        b"&amp;",
+    ]
+    return seeds
+
+
 _DROP = object()
 
 
@@ -936,6 +1007,7 @@ def generate(harness: _table.Harness) -> Seeds | None:
         "envelope_payload_structured": builder_seeds,
         "keyring": keyring_seeds,
         "proxy_config": proxy_config_seeds,
+        "libvirt_domain": libvirt_domain_seeds,
     }
     generator = generators.get(name)
     return generator() if generator else None

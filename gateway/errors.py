@@ -21,6 +21,7 @@ __all__ = [
     "DowngradeRefused",
     "Expired",
     "GatewayError",
+    "HookRefused",
     "KeyringError",
     "MalformedInput",
     "NonCanonical",
@@ -150,6 +151,11 @@ class KeyringError(GatewayError):
 
 class ConfigError(GatewayError):
     """A configuration file that cannot be used."""
+
+
+class HookRefused(GatewayError):
+    """The libvirt hook refuses a domain the gateway cannot protect (SPICE not on loopback,
+    no port yet, a Unix socket), or cannot register its route."""
 
 
 def schema_violation(channel: str, error: ValidationError) -> SchemaViolation:

@@ -22,7 +22,7 @@ EXIT_FAILURE = 1
 EXIT_REFUSED = 2
 
 #: Each module contributes its verbs through ``add_parsers(subparsers)``.
-_VERB_MODULES = ("codec", "demo", "keys", "envelope", "proxy")
+_VERB_MODULES = ("codec", "demo", "keys", "envelope", "proxy", "libvirt")
 
 
 class _Parser(argparse.ArgumentParser):

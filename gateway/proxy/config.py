@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.errors import ConfigError, shorten
 
-__all__ = ["Limits", "Peer", "ProxyConfig", "Route", "load_config", "parse_address"]
+__all__ = [
+    "LibvirtHook",
+    "Limits",
+    "Peer",
+    "ProxyConfig",
+    "Route",
+    "load_config",
+    "parse_address",
+]
 
 #: A config file is small; refuse anything that is not before parsing it.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -151,6 +159,39 @@ class Route(_Strict):
         return self
 
 
+class LibvirtHook(_Strict):
+    """What the libvirt hook (``spice-migration-gateway libvirt-hook``) registers for a domain:
+    a route per SPICE port, listening on ``listen_host`` at the SPICE port plus
+    ``port_offset``, forwarding to the domain's loopback SPICE port."""
+
+    RELOAD: ClassVar[dict[str, str]] = {
+        "listen_host": "next hook run",
+        "port_offset": "next hook run",
+        "tls_cert": "next hook run",
+        "tls_key": "next hook run",
+        "upstream_ca": "next hook run",
+    }
+
+    listen_host: Annotated[str, Field(min_length=1, max_length=253)]
+    """Address (or name) where clients connect to this host's VMs; IPv6 without brackets."""
+    port_offset: Annotated[int, Field(ge=-65535, le=65535)] = 0
+    """A domain's route listens on its SPICE port plus this (e.g. SPICE on 127.0.0.1:15901,
+    ``port_offset = -10000``: clients connect to ``listen_host:5901``)."""
+    tls_cert: str | None = None
+    """Certificate for the routes in front of a domain's SPICE ``tlsPort``."""
+    tls_key: str | None = None
+    """Private key of ``tls_cert``."""
+    upstream_ca: str | None = None
+    """CA of spice-server's TLS certificate (libvirt's ``spice_tls_x509_cert_dir``
+    ``ca-cert.pem``); the system's CAs when unset."""
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> LibvirtHook:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
+
+
 class ProxyConfig(_Strict):
     """One proxy process: this host, its keys, its trusted peers and its routes."""
 
@@ -163,6 +204,7 @@ class ProxyConfig(_Strict):
         "limits": "see [limits]",
         "peers": "reload",
         "routes": "reload (the difference is applied)",
+        "libvirt": "next hook run",
     }
 
     host_id: HostId
@@ -186,6 +228,10 @@ class ProxyConfig(_Strict):
     routes: Annotated[tuple[Route, ...], Field(max_length=4096)] = ()
     """One ``[[routes]]`` table per VM served from the config; routes may also be added at
     runtime through the control API (the libvirt hook does)."""
+
+    libvirt: LibvirtHook | None = None
+    """Settings of the libvirt hook (the ``[libvirt]`` table); the hook refuses to run
+    without it."""
 
     @field_validator("metrics_listen")
     @classmethod
