@@ -30,6 +30,7 @@ __all__ = [
     "OffsetOutOfRange",
     "OverlappingBlocks",
     "ProtocolError",
+    "ReplayStoreError",
     "Replayed",
     "SchemaViolation",
     "TooLarge",
@@ -151,6 +152,10 @@ class KeyringError(GatewayError):
 
 class ConfigError(GatewayError):
     """A configuration file that cannot be used."""
+
+
+class ReplayStoreError(GatewayError):
+    """The replay database failed to record a blob: without the record, the blob is refused."""
 
 
 class HookRefused(GatewayError):
