@@ -204,6 +204,7 @@ def config_toml(
     peers: Sequence[Mapping[str, Any]] = (),
     limits: Mapping[str, Any] | None = None,
     control_socket: Path | None = None,
+    metrics_listen: str | None = None,
 ) -> str:
     """The TOML text of a proxy config."""
     lines = [
@@ -211,6 +212,8 @@ def config_toml(
         f"keyring = {_toml_value(str(keyring))}",
         f"replay_db = {_toml_value(str(replay_db))}",
     ]
+    if metrics_listen is not None:
+        lines.append(f"metrics_listen = {_toml_value(metrics_listen)}")
     if control_socket is not None:
         lines.append(f"control_socket = {_toml_value(str(control_socket))}")
     if limits:
@@ -316,6 +319,7 @@ class Proxies:
         source_limits: Mapping[str, Any] | None = None,
         target_limits: Mapping[str, Any] | None = None,
         control: bool = True,
+        metrics: tuple[int, int] | None = None,
     ) -> tuple[str, str, dict[str, tuple[int, int]]]:
         """TOML of both hosts for ``vms`` (name -> vm id, source upstream, target upstream);
         also the listen ports picked for each VM (source, target)."""
@@ -364,6 +368,7 @@ class Proxies:
                     peers=[{"host_id": other, "addresses": addresses(1 - side)}],
                     limits=limits,
                     control_socket=files.control_socket if control else None,
+                    metrics_listen=f"127.0.0.1:{metrics[side]}" if metrics else None,
                 )
             )
         return texts[0], texts[1], ports
@@ -378,6 +383,7 @@ class Proxies:
         server_mini: bool = True,
         source_limits: Mapping[str, Any] | None = None,
         target_limits: Mapping[str, Any] | None = None,
+        metrics: tuple[int, int] | None = None,
     ) -> AsyncIterator[Rig]:
         """Scripted servers, then both proxies in this event loop; all torn down after."""
         servers: list[ScriptedServer] = []
@@ -401,6 +407,7 @@ class Proxies:
                 upstream_tls=upstream_tls,
                 source_limits=source_limits,
                 target_limits=target_limits,
+                metrics=metrics,
             )
             source_config = parse_config(source_text.encode(), "source config")
             target_config = parse_config(target_text.encode(), "target config")
