@@ -114,9 +114,7 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("``", "`").replace("|", "\\|")
 
 
-def _sections(
-    model: type[BaseModel], title: str, out: list[tuple[str, type[BaseModel]]]
-) -> None:
+def _sections(model: type[BaseModel], title: str, out: list[tuple[str, type[BaseModel]]]) -> None:
     out.append((title, model))
     for name, field in model.model_fields.items():
         nested = _nested(field.annotation)

@@ -60,9 +60,7 @@ class Setup:
 
 
 @pytest.fixture
-def setup(
-    tmp_path: Path, keyring_path: Path, tls_files: TlsFiles, socket_dir: Path
-) -> Setup:
+def setup(tmp_path: Path, keyring_path: Path, tls_files: TlsFiles, socket_dir: Path) -> Setup:
     return Setup(tmp_path, keyring_path, tls_files, socket_dir)
 
 
