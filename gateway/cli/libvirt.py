@@ -34,6 +34,20 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     hook.add_argument("extra", nargs="?", default="-")
     hook.set_defaults(func=_hook)
 
+    sync = subparsers.add_parser(
+        "libvirt-sync",
+        help="register the routes of every running libvirt domain (after a proxy restart)",
+        description=(
+            "Routes added by the hook live in the running proxy only. After the proxy "
+            "restarts, this asks libvirt (virsh) for every running domain's live XML and "
+            "registers its routes as the hook does; a refused domain is reported and the "
+            "others still register. The systemd unit runs it after each start."
+        ),
+    )
+    sync.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE")
+    sync.add_argument("--connect", default="qemu:///system", metavar="URI", help="libvirt URI")
+    sync.set_defaults(func=_sync)
+
 
 def _hook(args: argparse.Namespace) -> int:
     from gateway.libvirt import MAX_DOMAIN_XML, REGISTER, UNREGISTER, parse_domain
@@ -60,6 +74,47 @@ def _hook(args: argparse.Namespace) -> int:
     if step in UNREGISTER:
         return _unregister(config.control_socket, domain)
     return _register(config.control_socket, domain, config.libvirt)
+
+
+def _virsh(uri: str, *args: str) -> bytes:
+    import subprocess
+
+    try:
+        result = subprocess.run(
+            ["virsh", "-c", uri, *args], capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise HookRefused(f"virsh {args[0]}: {error}") from None
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        raise HookRefused(f"virsh {args[0]}: {message[0] if message else result.returncode}")
+    return result.stdout
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from gateway.errors import GatewayError
+    from gateway.libvirt import MAX_DOMAIN_XML, parse_domain
+    from gateway.proxy.config import load_config
+
+    config = load_config(args.config)
+    if config.libvirt is None or not config.control_socket:
+        raise HookRefused(f"{args.config} needs a [libvirt] table and a control_socket")
+    names = [n for n in _virsh(args.connect, "list", "--name").decode().split() if n]
+    failed = 0
+    for name in names:
+        try:
+            data = _virsh(args.connect, "dumpxml", name)
+            if len(data) > MAX_DOMAIN_XML:
+                raise HookRefused(f"domain {name}: XML larger than {MAX_DOMAIN_XML} bytes")
+            _register(config.control_socket, parse_domain(data), config.libvirt)
+        except GatewayError as error:
+            failed += 1
+            print(f"spice-migration-gateway: {type(error).__name__}: {error}", file=sys.stderr)
+    print(
+        f"spice-migration-gateway: {len(names) - failed} of {len(names)} running domain(s) synced",
+        file=sys.stderr,
+    )
+    return 2 if failed else 0
 
 
 def _ask(socket: str, command: dict[str, Any]) -> dict[str, Any]:

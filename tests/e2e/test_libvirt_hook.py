@@ -268,6 +268,21 @@ async def _scenario(tmp_path: Path, keyring: Path, socket_dir: Path, logs: LogRe
             with pytest.raises(LinkRefused, match="link result 7"):
                 await link_client(("127.0.0.1", listen_port), ChannelType.MAIN)
 
+            # A restarted proxy has lost the hook's routes; libvirt-sync registers them again.
+            await bounded(proxy.stop(), "the proxy to stop")
+            proxy = ProxyServer(load_config(config), config_path=config)
+            await proxy.start()
+            assert len(proxy.routes) == 0
+            sync = await asyncio.to_thread(
+                subprocess.run,
+                [str(Path(sys.executable).with_name("spice-migration-gateway")), "libvirt-sync",
+                 "--config", str(config), "--connect", f"qemu:///system?socket={libvirt.socket}"],
+                capture_output=True, text=True, timeout=LIBVIRT_TIMEOUT,
+            )  # fmt: skip
+            assert sync.returncode == 0, sync.stderr
+            assert "1 of 1 running domain(s) synced" in sync.stderr
+            assert proxy.routes.routes[name] == route
+
             exposed_name = f"{name}-open"
             exposed = base / "exposed.xml"
             exposed.write_text(domain_xml(exposed_name, free_port(), "0.0.0.0"))
@@ -282,7 +297,8 @@ async def _scenario(tmp_path: Path, keyring: Path, socket_dir: Path, logs: LogRe
             await asyncio.to_thread(libvirt.virsh, "destroy", name)
             libvirt.domains.remove(name)
             assert list(proxy.routes.routes) == []
-            assert [e["origin"] for e in logs.audit("route_added", route=name)] == ["control"]
+            # Added by the hook, then again by libvirt-sync after the restart.
+            assert [e["origin"] for e in logs.audit("route_added", route=name)] == ["control"] * 2
             assert logs.audit("route_removed", route=name)
     finally:
         await bounded(proxy.stop(), "the proxy to stop")
