@@ -28,16 +28,9 @@ import pytest
 from gateway.proxy.config import load_config
 from gateway.proxy.server import ProxyServer
 from gateway.spice.constants import ChannelType
-from tests.proxy.conftest import (
-    TEST_LIMITS,
-    LogRecords,
-    config_toml,
-    free_port,
-    keyring_path,
-    logs,
-    socket_dir,
-)
+from tests.proxy.conftest import LogRecords, free_port, keyring_path, logs, socket_dir
 from tests.proxy.peers import LinkRefused, bounded, link_client
+from tests.proxy.test_libvirt_hook import hook_config
 from tests.tools import require
 
 __all__ = ["keyring_path", "logs", "socket_dir"]  # fixtures used here
@@ -231,18 +224,7 @@ def test_libvirtd_fires_the_hook(
 
 async def _scenario(tmp_path: Path, keyring: Path, socket_dir: Path, logs: LogRecords) -> None:
     spice_port, listen_port = free_port(), free_port()
-    config = tmp_path / "proxy.toml"
-    config.write_text(
-        config_toml(
-            host_id="host-a",
-            keyring=keyring,
-            replay_db=tmp_path / "replay.sqlite",
-            routes=[],
-            limits=TEST_LIMITS,
-            control_socket=socket_dir / "control.sock",
-        )
-        + f'\n[libvirt]\nlisten_host = "127.0.0.1"\nport_offset = {listen_port - spice_port}\n'
-    )
+    config = hook_config(tmp_path, keyring, socket_dir, listen_port - spice_port)
     proxy = ProxyServer(load_config(config), config_path=config)
     await proxy.start()
     base = tmp_path / "libvirt"

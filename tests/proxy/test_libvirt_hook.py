@@ -18,6 +18,23 @@ from .test_cli import command
 from .test_live_routes import relays
 
 
+def hook_config(tmp_path: Path, keyring: Path, socket_dir: Path, port_offset: int) -> Path:
+    """A proxy config without routes, with a control socket and a [libvirt] table."""
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        config_toml(
+            host_id="host-a",
+            keyring=keyring,
+            replay_db=tmp_path / "replay.sqlite",
+            routes=[],
+            limits=TEST_LIMITS,
+            control_socket=socket_dir / "control.sock",
+        )
+        + f'\n[libvirt]\nlisten_host = "127.0.0.1"\nport_offset = {port_offset}\n'
+    )
+    return config
+
+
 async def hook(config: Path, name: str, op: str, sub: str, xml: bytes) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         *command(), "libvirt-hook", "--config", str(config), name, op, sub, "-",
@@ -37,19 +54,7 @@ async def test_hook_registers_serves_and_removes(
     server = await ScriptedServer("web01").start()
     spice_port = server.address[1]
     listen_port = free_port()
-    config = tmp_path / "proxy.toml"
-    control_socket = socket_dir / "control.sock"
-    config.write_text(
-        config_toml(
-            host_id="host-a",
-            keyring=keyring_path,
-            replay_db=tmp_path / "replay.sqlite",
-            routes=[],
-            limits=TEST_LIMITS,
-            control_socket=control_socket,
-        )
-        + f'\n[libvirt]\nlisten_host = "127.0.0.1"\nport_offset = {listen_port - spice_port}\n'
-    )
+    config = hook_config(tmp_path, keyring_path, socket_dir, listen_port - spice_port)
     xml = domain_xml(FIXED.replace("15901", str(spice_port)))
     proxy = ProxyServer(load_config(config), config_path=config)
     await proxy.start()
