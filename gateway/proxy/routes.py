@@ -199,7 +199,11 @@ class RouteTable:
                 )
         # TLS settings are checked before anything changes.
         client_tls, upstream_tls = self._tls(route)
-        if current is not None:
+        # On the same address the old listener must go first; on another one it stays until
+        # the new one listens, so that a replacement that cannot listen leaves the route as it
+        # was.
+        moving = current is not None and parse_address(current.route.listen) != listen
+        if current is not None and not moving:
             self._retire(current, "route_replaced", f"route {route.name} replaced; draining")
         slot: dict[str, _Listener] = {}
         try:
@@ -230,6 +234,8 @@ class RouteTable:
         bound = server.sockets[0].getsockname()
         listener = _Listener(route, origin, server, (bound[0], bound[1]), upstream_tls)
         slot["listener"] = listener
+        if current is not None and moving:
+            self._retire(current, "route_replaced", f"route {route.name} replaced; draining")
         self._active[route.name] = listener
         log(
             logging.INFO,

@@ -314,3 +314,29 @@ async def test_reload_without_a_config_file_reloads_keys_only(
         assert await rig.proxy.lifecycle.reload() == {"keys": 1}
         with pytest.raises(ConfigError, match="no route named"):
             await rig.proxy.routes.remove("nope")
+
+
+async def test_a_replacement_that_cannot_listen_leaves_the_route_as_it_was(
+    tmp_path: Path, keyring_path: Path, socket_dir: Path, logs: LogRecords
+) -> None:
+    async with host(tmp_path, keyring_path, socket_dir) as rig:
+        await rig.server("a")
+        await rig.server("a2")
+        route_a = rig.route("a", "a")
+        rig.write([route_a])
+        proxy = await rig.start()
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            moved = {**rig.route("a", "a2"), "listen": f"127.0.0.1:{busy.getsockname()[1]}"}
+            answer = await control(proxy, {"cmd": "route_add", "route": moved, "replace": True})
+        assert answer["ok"] is False
+        assert "cannot listen on" in answer["error"]
+        assert proxy.routes.routes["a"].listen == route_a["listen"]
+        await relays(*await rig.link("a", "a"), 40)
+        assert logs.audit("route_replaced") == []
+        # Moving to a free address works, and the old address stops listening.
+        moved["listen"] = f"127.0.0.1:{free_port()}"
+        answer = await control(proxy, {"cmd": "route_add", "route": moved, "replace": True})
+        assert answer["outcome"] == "replaced"
+        assert refused(rig.ports["a"])
