@@ -987,6 +987,29 @@ def libvirt_domain_seeds() -> Seeds:
     return seeds
 
 
+def monitoring_request_seeds() -> Seeds:
+    get = b"GET /metrics HTTP/1.1\r\nHost: 192.0.2.11:9864\r\nAccept: text/plain\r\n\r\n"
+    seeds = Seeds(
+        inputs=[
+            get,
+            b"GET /healthz HTTP/1.0\r\n\r\n",
+            b"HEAD /metrics?x=1 HTTP/1.1\r\n\r\n",
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            b"GET http://x/metrics HTTP/1.1\r\n\r\n",
+            b"GET /metrics HTTP/2.0\r\n\r\n",
+            b"GET  /metrics HTTP/1.1\r\n\r\n",
+            b"get /metrics HTTP/1.1\r\n\r\n",
+            get[:-2],
+            get.replace(b"Accept: text/plain", b"X: " + b"a" * 8200),
+            b"\r\n\r\n",
+            b"",
+        ]
+    )
+    seeds.words = [b"GET", b"HEAD", b"/metrics", b"/healthz", b"HTTP/1.1", b"HTTP/1.0",
+                   b"\r\n", b"\r\n\r\n", b"?", b" "]  # fmt: skip
+    return seeds
+
+
 _DROP = object()
 
 
@@ -1008,6 +1031,7 @@ def generate(harness: _table.Harness) -> Seeds | None:
         "keyring": keyring_seeds,
         "proxy_config": proxy_config_seeds,
         "libvirt_domain": libvirt_domain_seeds,
+        "monitoring_request": monitoring_request_seeds,
     }
     generator = generators.get(name)
     return generator() if generator else None

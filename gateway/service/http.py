@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PROMETHEUS_CONTENT_TYPE", "MonitoringServer"]
+from gateway.errors import GatewayError, ProtocolError, TooLarge
+
+__all__ = ["MAX_HEAD", "PROMETHEUS_CONTENT_TYPE", "MonitoringServer", "parse_request_head"]
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The request line and headers together; a scraper sends a few hundred bytes.
@@ -71,22 +74,47 @@ class MonitoringServer:
                 await writer.wait_closed()
 
     def _route(self, head: bytes) -> tuple[int, str, bytes, bool]:
-        line = head.split(b"\r\n", 1)[0]
-        parts = line.split(b" ")
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        try:
+            method, target = parse_request_head(head)
+        except GatewayError:
             return 400, "text/plain", b"bad request\n", False
-        method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if target not in (b"/metrics", b"/healthz"):
+        if target not in ("/metrics", "/healthz"):
             return 404, "text/plain", b"not found; try /metrics or /healthz\n", False
-        if method not in (b"GET", b"HEAD"):
+        if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET and HEAD\n", False
-        head_only = method == b"HEAD"
-        if target == b"/metrics":
+        head_only = method == "HEAD"
+        if target == "/metrics":
             return 200, PROMETHEUS_CONTENT_TYPE, self._metrics().encode(), head_only
         health = self._health()
         status = 200 if health.get("status") == "serving" else 503
         body = (json.dumps(health, separators=(",", ":")) + "\n").encode()
         return status, "application/json", body, head_only
+
+
+_TOKEN = re.compile(rb"[A-Z]{1,16}")
+_TARGET = re.compile(rb"/[!-~]{0,2047}")
+
+
+def parse_request_head(head: bytes) -> tuple[str, str]:
+    """(method, path without the query) of an HTTP/1.x request head ending in CRLF CRLF.
+
+    Only the request line is interpreted; headers are ignored (no body is ever read). Raises
+    TooLarge over MAX_HEAD bytes, ProtocolError for anything but ``METHOD SP /target SP
+    HTTP/1.x``.
+    """
+    if len(head) > MAX_HEAD:
+        raise TooLarge(f"HTTP request head larger than {MAX_HEAD} bytes")
+    if not head.endswith(b"\r\n\r\n"):
+        raise ProtocolError("HTTP request head does not end with an empty line")
+    parts = head.split(b"\r\n", 1)[0].split(b" ")
+    if len(parts) != 3 or parts[2] not in (b"HTTP/1.0", b"HTTP/1.1"):
+        raise ProtocolError("HTTP request line is not METHOD TARGET HTTP/1.x")
+    method, target = parts[0], parts[1]
+    if not _TOKEN.fullmatch(method):
+        raise ProtocolError("HTTP method is not an upper-case token")
+    if not _TARGET.fullmatch(target):
+        raise ProtocolError("HTTP target is not an absolute path")
+    return method.decode(), target.split(b"?", 1)[0].decode()
 
 
 async def _answer(

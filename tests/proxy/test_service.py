@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import GatewayError, ProtocolError, TooLarge
 from gateway.proxy.config import parse_config
 from gateway.proxy.server import ProxyServer
-from gateway.service.http import PROMETHEUS_CONTENT_TYPE
+from gateway.service.http import MAX_HEAD, PROMETHEUS_CONTENT_TYPE, parse_request_head
 from gateway.service.metrics import FAMILIES
 from gateway.service.notify import Notifier
 
@@ -245,3 +246,45 @@ async def test_service_process_notifies_reloads_on_sighup_and_takes_control_rout
         systemd.close()
         for server in servers:
             await server.close()
+
+
+REQUEST = b"GET /metrics?name[]=smg_sealed_total HTTP/1.1\r\nHost: 127.0.0.1:9864\r\n\r\n"
+
+
+def test_request_head_parses_the_request_line_only() -> None:
+    assert parse_request_head(REQUEST) == ("GET", "/metrics")
+    assert parse_request_head(b"HEAD /healthz HTTP/1.0\r\n\r\n") == ("HEAD", "/healthz")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        *(REQUEST[:cut] for cut in (0, 3, 14, len(REQUEST) - 1)),
+        b"GET /metrics HTTP/2\r\n\r\n",
+        b"GET  /metrics HTTP/1.1\r\n\r\n",
+        b"get /metrics HTTP/1.1\r\n\r\n",
+        b"GET metrics HTTP/1.1\r\n\r\n",
+        b"GET http://h/metrics HTTP/1.1\r\n\r\n",
+        b"GET /m\x00 HTTP/1.1\r\n\r\n",
+        b"GET /metrics HTTP/1.1 extra\r\n\r\n",
+    ],
+)
+def test_malformed_request_heads_are_refused(head: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        parse_request_head(head)
+
+
+def test_oversized_and_bit_flipped_request_heads() -> None:
+    with pytest.raises(TooLarge):
+        parse_request_head(REQUEST[:-4] + b"\r\nX: " + b"a" * MAX_HEAD + b"\r\n\r\n")
+    for position in range(len(REQUEST)):
+        for bit in (0x01, 0x20, 0x80):
+            flipped = bytearray(REQUEST)
+            flipped[position] ^= bit
+            try:
+                method, path = parse_request_head(bytes(flipped))
+            except GatewayError:
+                continue
+            assert method.isupper()
+            assert path.startswith("/")
+            assert "?" not in path
