@@ -983,6 +983,100 @@ def peer_link_seeds() -> Seeds:
     return seeds
 
 
+_DOMAIN = """<domain type='qemu' id='3'>
+  <name>web01</name>
+  <uuid>9b1c1f1e-5a38-4d3f-a3f0-6a2b8d1c7e42</uuid>
+  <memory unit='KiB'>65536</memory>
+  <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <graphics type='vnc' port='5900' autoport='no' listen='127.0.0.1'/>
+    <graphics type='spice' port='15901' tlsPort='15902' autoport='no' listen='127.0.0.1'>
+      <listen type='address' address='127.0.0.1'/>
+      <image compression='off'/>
+    </graphics>
+    <video><model type='qxl' ram='65536' vram='65536' heads='1' primary='yes'/></video>
+  </devices>
+</domain>
+"""
+
+
+def libvirt_domain_seeds() -> Seeds:
+    full = _DOMAIN.encode()
+    seeds = Seeds(inputs=[full])
+    spice = full[full.index(b"<graphics type='spice'") : full.index(b"</graphics>") + 11]
+    seeds.inputs += [
+        full.replace(spice, b""),
+        full.replace(spice, spice + spice.replace(b"15901", b"15911")),
+        full.replace(b" tlsPort='15902'", b""),
+        full.replace(b"port='15901' tlsPort='15902' autoport='no'", b"autoport='yes'"),
+        full.replace(b"127.0.0.1", b"0.0.0.0"),
+        full.replace(b"address='127.0.0.1'", b"address='::1'").replace(b" listen='127.0.0.1'", b""),
+        full.replace(
+            b"<listen type='address' address='127.0.0.1'/>",
+            b"<listen type='socket' socket='/run/spice.sock'/>",
+        ).replace(b" listen='127.0.0.1'", b""),
+        full.replace(
+            b"<listen type='address' address='127.0.0.1'/>",
+            b"<listen type='network' address='192.168.122.1' network='default'/>",
+        ),
+        b'<!DOCTYPE d [<!ENTITY a "a">]><domain><name>&a;</name></domain>',
+        full.replace(b"9b1c1f1e-5a38-4d3f-a3f0-6a2b8d1c7e42", b"x"),
+        full[: len(full) // 2],
+        b"",
+        b"<domain/>",
+    ]
+    seeds.words = [
+        b"<domain>",
+        b"</domain>",
+        b"<name>",
+        b"<uuid>",
+        b"<devices>",
+        b"<graphics type='spice'",
+        b"</graphics>",
+        b"<listen type='address' address='",
+        b"type='socket'",
+        b"type='network'",
+        b"port='",
+        b"tlsPort='",
+        b"autoport='yes'",
+        b"listen='",
+        b"127.0.0.1",
+        b"::1",
+        b"0.0.0.0",
+        b"localhost",
+        b"-1",
+        b"65535",
+        b"<!DOCTYPE",
+        b"<![CDATA[",
+        b"&amp;",
+    ]
+    return seeds
+
+
+def monitoring_request_seeds() -> Seeds:
+    get = b"GET /metrics HTTP/1.1\r\nHost: 192.0.2.11:9864\r\nAccept: text/plain\r\n\r\n"
+    seeds = Seeds(
+        inputs=[
+            get,
+            b"GET /healthz HTTP/1.0\r\n\r\n",
+            b"HEAD /metrics?x=1 HTTP/1.1\r\n\r\n",
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            b"GET http://x/metrics HTTP/1.1\r\n\r\n",
+            b"GET /metrics HTTP/2.0\r\n\r\n",
+            b"GET  /metrics HTTP/1.1\r\n\r\n",
+            b"get /metrics HTTP/1.1\r\n\r\n",
+            get[:-2],
+            get.replace(b"Accept: text/plain", b"X: " + b"a" * 8200),
+            b"\r\n\r\n",
+            b"",
+        ]
+    )
+    seeds.words = [b"GET", b"HEAD", b"/metrics", b"/healthz", b"HTTP/1.1", b"HTTP/1.0",
+                   b"\r\n", b"\r\n\r\n", b"?", b" "]  # fmt: skip
+    return seeds
+
+
 _DROP = object()
 
 
@@ -1288,6 +1382,8 @@ def generate(harness: _table.Harness) -> Seeds | None:
         "handshake_offer": handshake_offer_seeds,
         "handshake_direct": handshake_direct_seeds,
         "peer_link": peer_link_seeds,
+        "libvirt_domain": libvirt_domain_seeds,
+        "monitoring_request": monitoring_request_seeds,
     }
     generator = generators.get(name)
     return generator() if generator else None

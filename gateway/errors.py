@@ -21,6 +21,7 @@ __all__ = [
     "DowngradeRefused",
     "Expired",
     "GatewayError",
+    "HookRefused",
     "IdentityError",
     "KeyringError",
     "MalformedInput",
@@ -30,6 +31,7 @@ __all__ = [
     "OffsetOutOfRange",
     "OverlappingBlocks",
     "ProtocolError",
+    "ReplayStoreError",
     "Replayed",
     "SchemaViolation",
     "TooLarge",
@@ -156,6 +158,15 @@ class IdentityError(GatewayError):
 
 class ConfigError(GatewayError):
     """A configuration file that cannot be used."""
+
+
+class ReplayStoreError(GatewayError):
+    """The replay database failed to record a blob: without the record, the blob is refused."""
+
+
+class HookRefused(GatewayError):
+    """The libvirt hook refuses a domain the gateway cannot protect (SPICE not on loopback,
+    no port yet, a Unix socket), or cannot register its route."""
 
 
 def schema_violation(channel: str, error: ValidationError) -> SchemaViolation:

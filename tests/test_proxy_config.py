@@ -173,10 +173,26 @@ def test_each_bad_limit_is_named(field: str, value: str) -> None:
     assert f"limits.{field}: " in message
 
 
-def test_routes_are_required() -> None:
+def test_routes_are_required_without_a_control_socket() -> None:
+    """Routes may all come from the control API (the libvirt hook), but only with one."""
     text = MINIMAL[: MINIMAL.index("[[routes]]")]
-    assert "routes: Field required" in refused(text)
-    assert "routes: " in refused(text + "routes = []\n")
+    assert "no routes and no control_socket" in refused(text)
+    assert "no routes and no control_socket" in refused(text + "routes = []\n")
+    config = parse_config((text + 'control_socket = "/run/smg.sock"\n').encode())
+    assert config.routes == ()
+
+
+def test_a_route_cannot_listen_on_its_own_upstream() -> None:
+    text = MINIMAL.replace('upstream = "127.0.0.1:5901"', 'upstream = "127.0.0.1:5900"')
+    assert text != MINIMAL
+    assert "listen and upstream are the same address" in refused(text)
+
+
+@pytest.mark.parametrize("value", ['"nowhere"', '"127.0.0.1:0"', "9100"])
+def test_metrics_listen_must_be_an_address(value: str) -> None:
+    text = MINIMAL[: MINIMAL.index("[[routes]]")] + f"metrics_listen = {value}\n"
+    text += MINIMAL[MINIMAL.index("[[routes]]") :]
+    assert "metrics_listen" in refused(text)
 
 
 def test_a_bad_route_is_not_also_reported_as_a_missing_one() -> None:

@@ -44,7 +44,7 @@ EXIT_REFUSED = 2
 EXIT_USAGE = EXIT_REFUSED
 
 #: Each module contributes its verbs through ``add_parsers(subparsers)``.
-_VERB_MODULES = ("codec", "demo", "keys", "envelope", "proxy")
+_VERB_MODULES = ("codec", "demo", "keys", "envelope", "proxy", "libvirt")
 
 
 class HelpFormatter(argparse.HelpFormatter):

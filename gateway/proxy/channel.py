@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -33,7 +34,13 @@ from gateway.envelope import (
     seal,
     verify,
 )
-from gateway.errors import ContextMismatch, Expired, GatewayError, ProtocolError
+from gateway.errors import (
+    ContextMismatch,
+    Expired,
+    GatewayError,
+    ProtocolError,
+    ReplayStoreError,
+)
 from gateway.keys import Keyring
 from gateway.proxy.config import ProxyConfig, Route
 from gateway.proxy.sessions import DATA_CHANNELS, AttemptTable, Session, SessionTable
@@ -486,9 +493,17 @@ class ChannelHandler:
     def _accept(self, session: Session, verified: Verified) -> bytes:
         """The durable replay record (waits for the disk), then the native bytes."""
         try:
-            opened = verified.consume(
-                self.state.replay_guard, claim=self._claim(session, verified)
-            )
+            try:
+                opened = verified.consume(
+                    self.state.replay_guard, claim=self._claim(session, verified)
+                )
+            except (sqlite3.Error, RuntimeError) as failure:
+                # Single use cannot be guaranteed without the record: refuse, and count it.
+                self.state.metrics.inc("smg_replay_store_errors_total")
+                raise ReplayStoreError(
+                    f"{self.channel}: the replay database failed ({type(failure).__name__}); "
+                    "blob refused"
+                ) from None
             native_payload = native.encode(opened.state, self.channel_type)
             with session.lock:
                 session.accepted.add((self.channel_type, self.channel_id))

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
 import signal
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.envelope import Policy
@@ -24,10 +23,11 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.keys import Keyring, KeyringFile
 from gateway.proxy.channel import AWAITED, ChannelHandler, ProxyState
 from gateway.proxy.config import ProxyConfig, Route, parse_address
+from gateway.proxy.lifecycle import Lifecycle
 from gateway.proxy.peer import PeerLinkServer, make_announcer
+from gateway.proxy.routes import RouteTable, os_reason
 from gateway.proxy.sessions import SessionTable
 from gateway.replay import ReplayGuard
-from gateway.service.control import ControlServer
 from gateway.service.logs import LOG, audit, log
 from gateway.service.metrics import Metrics
 from gateway.spice.connection import ConnectionState, SpiceConnection
@@ -71,11 +71,6 @@ def _upstream_tls(route: Route) -> ssl.SSLContext | None:
 def _reason(error: OSError) -> str:
     """``strerror`` for a missing file, OpenSSL's reason for a bad one (SSLError is an OSError)."""
     return str(error.strerror or getattr(error, "reason", None) or type(error).__name__)
-
-
-def _os_reason(error: OSError) -> str:
-    """The system's short reason ("Address already in use"), not asyncio's long wording."""
-    return os.strerror(error.errno) if error.errno else _reason(error)
 
 
 class _Connection:
@@ -250,6 +245,7 @@ class ProxyServer:
         *,
         keyring_file: KeyringFile | None = None,
         clock: Callable[[], float] = time.time,
+        config_path: str | Path | None = None,
     ) -> None:
         self.config = config
         self.keyring_file = keyring_file or KeyringFile(config.keyring)
@@ -269,15 +265,23 @@ class ProxyServer:
         )
         self.state.announcer = make_announcer(config, self.state)
         self.peer_link = PeerLinkServer(config, self.state) if config.peer_listen else None
-        self._servers: list[asyncio.AbstractServer] = []
         self._connections: set[asyncio.Task[None]] = set()
-        self._control: ControlServer | None = None
-        self._upstream_tls: dict[str, ssl.SSLContext | None] = {}
+        self.routes = RouteTable(
+            self._accept,
+            lambda route: (_client_tls(route), _upstream_tls(route)),
+            lambda: self.config.limits.link_timeout,
+            READ_SIZE,
+        )
+        self.lifecycle = Lifecycle(self, config_path)
         #: Migration messages being sealed or opened in a worker thread right now.
         self.rewriting = 0
         self._stopping = asyncio.Event()
-        self.addresses: dict[str, tuple[str, int]] = {}
         self.started = time.time()
+
+    @property
+    def addresses(self) -> dict[str, tuple[str, int]]:
+        """Where each serving route listens (its bound address)."""
+        return self.routes.addresses
 
     def _keyring(self) -> Keyring:
         return self.keyring_file.keyring
@@ -286,57 +290,23 @@ class ProxyServer:
 
     async def start(self) -> None:
         # Every route's TLS settings are checked before any port opens.
-        client_tls = {route.name: _client_tls(route) for route in self.config.routes}
-        self._upstream_tls = {route.name: _upstream_tls(route) for route in self.config.routes}
         for route in self.config.routes:
-            host, port = parse_address(route.listen)
-            tls = client_tls[route.name]
-            try:
-                server = await asyncio.start_server(
-                    functools.partial(self._accept, route),
-                    host,
-                    port,
-                    ssl=tls,
-                    # A TLS handshake is part of linking: bound it the same way.
-                    ssl_handshake_timeout=self.config.limits.link_timeout if tls else None,
-                    limit=READ_SIZE,
-                    reuse_address=True,
-                )
-            except OSError as error:
-                raise ConfigError(
-                    f"route {route.name}: cannot listen on {route.listen}: {_os_reason(error)}"
-                ) from None
-            self._servers.append(server)
-            bound = server.sockets[0].getsockname()
-            self.addresses[route.name] = (bound[0], bound[1])
-            log(
-                logging.INFO,
-                "listening",
-                route=route.name,
-                listen=f"{bound[0]}:{bound[1]}",
-                upstream=route.upstream,
-                tls=route.tls_cert is not None,
-            )
+            _client_tls(route)
+            _upstream_tls(route)
+        changes = await self.routes.apply(self.config.routes, "config")
+        for route in self.config.routes:
+            self.metrics.route_added(route.name)
+        if changes.failed:
+            name, reason = next(iter(changes.failed.items()))
+            raise ConfigError(reason if name in reason else f"route {name}: {reason}")
         if self.peer_link is not None:
-            await self.peer_link.start()
-        if self.config.control_socket:
-            self._control = ControlServer(
-                self.config.control_socket,
-                {
-                    "health": self._cmd_health,
-                    "metrics": self._cmd_metrics,
-                    "prometheus": self._cmd_prometheus,
-                    "reload": self._cmd_reload,
-                },
-            )
             try:
-                await self._control.start()
+                await self.peer_link.start()
             except OSError as error:
-                self._control = None  # nothing of ours to close or unlink
                 raise ConfigError(
-                    f"control_socket {self.config.control_socket}: cannot listen: "
-                    f"{_os_reason(error)}"
+                    f"peer_listen {self.config.peer_listen}: cannot listen: {os_reason(error)}"
                 ) from None
+        await self.lifecycle.start()
 
     def health(self) -> dict[str, Any]:
         return {
@@ -348,32 +318,9 @@ class ProxyServer:
             "uptime": round(time.time() - self.started, 3),
         }
 
-    def _cmd_health(self, _: dict[str, Any]) -> dict[str, Any]:
-        return self.health()
-
-    def _cmd_metrics(self, _: dict[str, Any]) -> dict[str, Any]:
-        return {"metrics": self.metrics.snapshot()}
-
-    def _cmd_prometheus(self, _: dict[str, Any]) -> dict[str, Any]:
-        return {"text": self.metrics.render()}
-
-    def _cmd_reload(self, _: dict[str, Any]) -> dict[str, Any]:
-        return {"keys": self.reload()}
-
     def reload(self) -> int:
-        """Re-read the keyring (SIGHUP); on failure the keys in use stay in use."""
-        try:
-            keyring = self.keyring_file.reload()
-        except GatewayError as error:
-            log(
-                logging.ERROR,
-                "keyring reload failed; keeping the current keys",
-                error=type(error).__name__,
-                detail=str(error),
-            )
-            raise
-        log(logging.INFO, "keyring reloaded", keys=len(keyring))
-        return len(keyring)
+        """Re-read the keyring; on failure the keys in use stay in use."""
+        return self.lifecycle.reload_keys()
 
     async def serve_forever(self) -> None:
         await self._stopping.wait()
@@ -384,8 +331,7 @@ class ProxyServer:
     async def stop(self) -> None:
         """Stop accepting; let in-flight migrations finish within the grace period; close."""
         self._stopping.set()
-        for server in self._servers:
-            server.close()
+        self.routes.close()
         deadline = time.monotonic() + self.config.limits.shutdown_grace
         while (self.state.sessions.in_flight() or self.rewriting) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -394,11 +340,8 @@ class ProxyServer:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
-        if self._control is not None:
-            await self._control.close()
+        await self.routes.wait_closed()
+        await self.lifecycle.stop()
         self.replay_guard.close()
         log(logging.INFO, "stopped")
 
@@ -432,7 +375,7 @@ class ProxyServer:
                     asyncio.open_connection(
                         host,
                         port,
-                        ssl=self._upstream_tls[route.name],
+                        ssl=self.routes.upstream_tls(route),
                         server_hostname=route.upstream_server_name or host
                         if route.upstream_tls
                         else None,
@@ -461,31 +404,32 @@ class ProxyServer:
 
 
 async def run_proxy(
-    config: ProxyConfig, *, ready: Callable[[ProxyServer], None] | None = None
+    config: ProxyConfig,
+    *,
+    ready: Callable[[ProxyServer], None] | None = None,
+    config_path: str | Path | None = None,
 ) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads the keyring."""
-    proxy = ProxyServer(config)
+    """Run until SIGTERM or SIGINT; SIGHUP re-reads the config at ``config_path`` (routes,
+    peers, limits) and the keyring, or only the keyring without a path."""
+    proxy = ProxyServer(config, config_path=config_path)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, proxy.request_stop)
-    loop.add_signal_handler(signal.SIGHUP, lambda: _safe_reload(proxy))
+    loop.add_signal_handler(signal.SIGHUP, proxy.lifecycle.schedule_reload)
     started = False
     try:
         # Inside the try: a route that cannot listen still closes the ones already open.
         await proxy.start()
         audit("proxy_started", "proxy started", host_id=config.host_id, routes=len(config.routes))
         started = True
+        proxy.lifecycle.ready()
         if ready is not None:
             ready(proxy)
         await proxy.serve_forever()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        proxy.lifecycle.stopping()
         await proxy.stop()
         if started:  # every proxy_stopped pairs with a proxy_started
             audit("proxy_stopped", "proxy stopped", host_id=config.host_id)
-
-
-def _safe_reload(proxy: ProxyServer) -> None:
-    with contextlib.suppress(GatewayError):
-        proxy.reload()

@@ -1,13 +1,50 @@
-"""Counters and gauges, rendered in the Prometheus text format for the control API."""
+"""Counters and gauges, rendered in the Prometheus text format (control API and ``/metrics``).
+
+Every family the proxy uses is declared here with its help text, and its series are present at
+zero from the start (per route once the route is added), so that ``increase()`` and alerting
+rules see a counter before its first event.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import defaultdict
 
-__all__ = ["Metrics"]
+__all__ = ["DATA_CHANNEL_NAMES", "FAMILIES", "Metrics"]
 
 Labels = tuple[tuple[str, str], ...]
+
+#: Channel label values of the channels that carry migration data.
+DATA_CHANNEL_NAMES = ("main", "display", "inputs", "smartcard", "usbredir", "port", "webdav")
+
+#: name -> (kind, help) of every family.
+FAMILIES: dict[str, tuple[str, str]] = {
+    "smg_sealed_total": ("counter", "Migration blobs sealed on this (source) host, by channel."),
+    "smg_opened_total": (
+        "counter",
+        "Migration blobs authenticated, validated and passed to spice-server on this (target) "
+        "host, by channel.",
+    ),
+    "smg_refused_total": (
+        "counter",
+        "Channels closed by a refusal, by reason (seal, open, protocol, sasl) and channel.",
+    ),
+    "smg_migrations_completed_total": (
+        "counter",
+        "Migrations whose every data channel was accepted on this (target) host.",
+    ),
+    "smg_replay_store_errors_total": (
+        "counter",
+        "Replay database failures while recording a blob (the blob was refused).",
+    ),
+    "smg_connections_total": ("counter", "Client connections accepted, by route."),
+    "smg_connections_rejected_total": (
+        "counter",
+        "Client connections refused (connection limit or shutting down), by route.",
+    ),
+    "smg_bytes_total": ("counter", "Bytes forwarded, by sender (client or server)."),
+    "smg_connections_active": ("gauge", "Client connections open now."),
+}
 
 
 class Metrics:
@@ -18,6 +55,28 @@ class Metrics:
         self._counters: dict[str, dict[Labels, float]] = defaultdict(dict)
         self._gauges: dict[str, dict[Labels, float]] = defaultdict(dict)
         self._help: dict[str, str] = {}
+        for name, (kind, text) in FAMILIES.items():
+            self._help[name] = text
+            (self._counters if kind == "counter" else self._gauges)[name] = {}
+        for channel in DATA_CHANNEL_NAMES:
+            for name in ("smg_sealed_total", "smg_opened_total"):
+                self._counters[name][(("channel", channel),)] = 0.0
+            for reason in ("seal", "open"):
+                self._counters["smg_refused_total"][
+                    (("channel", channel), ("reason", reason))
+                ] = 0.0
+        for sender in ("client", "server"):
+            self._counters["smg_bytes_total"][(("sender", sender),)] = 0.0
+        self._counters["smg_migrations_completed_total"][()] = 0.0
+        self._counters["smg_replay_store_errors_total"][()] = 0.0
+        self._gauges["smg_connections_active"][()] = 0.0
+
+    def route_added(self, route: str) -> None:
+        """A route's series, at zero unless it already has some."""
+        key = (("route", route),)
+        with self._lock:
+            for name in ("smg_connections_total", "smg_connections_rejected_total"):
+                self._counters[name].setdefault(key, 0.0)
 
     def describe(self, name: str, text: str) -> None:
         self._help[name] = text

@@ -205,6 +205,7 @@ def config_toml(
     limits: Mapping[str, Any] | None = None,
     control_socket: Path | None = None,
     settings: Mapping[str, Any] | None = None,
+    metrics_listen: str | None = None,
 ) -> str:
     """The TOML text of a proxy config (``settings``: more top-level keys)."""
     lines = [
@@ -213,6 +214,8 @@ def config_toml(
         f"replay_db = {_toml_value(str(replay_db))}",
         *(f"{k} = {_toml_value(v)}" for k, v in (settings or {}).items()),
     ]
+    if metrics_listen is not None:
+        lines.append(f"metrics_listen = {_toml_value(metrics_listen)}")
     if control_socket is not None:
         lines.append(f"control_socket = {_toml_value(str(control_socket))}")
     if limits:
@@ -320,6 +323,7 @@ class Proxies:
         control: bool = True,
         peer_link: bool = True,
         target_settings: Mapping[str, Any] | None = None,
+        metrics: tuple[int, int] | None = None,
     ) -> tuple[str, str, dict[str, tuple[int, int]]]:
         """TOML of both hosts for ``vms`` (name -> vm id, source upstream, target upstream);
         also the listen ports picked for each VM (source, target).
@@ -381,6 +385,7 @@ class Proxies:
                     limits=limits,
                     control_socket=files.control_socket if control else None,
                     settings=settings,
+                    metrics_listen=f"127.0.0.1:{metrics[side]}" if metrics else None,
                 )
             )
         return texts[0], texts[1], ports
@@ -397,6 +402,7 @@ class Proxies:
         target_limits: Mapping[str, Any] | None = None,
         peer_link: bool = True,
         target_settings: Mapping[str, Any] | None = None,
+        metrics: tuple[int, int] | None = None,
     ) -> AsyncIterator[Rig]:
         """Scripted servers, then both proxies in this event loop; all torn down after."""
         servers: list[ScriptedServer] = []
@@ -422,6 +428,7 @@ class Proxies:
                 target_limits=target_limits,
                 peer_link=peer_link,
                 target_settings=target_settings,
+                metrics=metrics,
             )
             source_config = parse_config(source_text.encode(), "source config")
             target_config = parse_config(target_text.encode(), "target config")

@@ -39,7 +39,9 @@ class ProxyProcess:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, config: Path, name: str) -> ProxyProcess:
+    async def start(
+        cls, config: Path, name: str, env: dict[str, str] | None = None
+    ) -> ProxyProcess:
         process = await asyncio.create_subprocess_exec(
             *command(),
             "proxy",
@@ -47,6 +49,7 @@ class ProxyProcess:
             str(config),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=env,
         )
         proxy = cls(process, name)
         await proxy.wait_for(lambda line: line.get("event") == "proxy_started", "to start")

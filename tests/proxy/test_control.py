@@ -124,3 +124,20 @@ async def test_failed_reload_keeps_the_keys_in_use(
         assert await relay_all(rig, session, await seal_all(rig, session)) == [True] * len(
             session.legs
         )
+
+
+async def test_a_failing_replay_store_refuses_the_blob_and_is_counted(
+    proxies: Proxies, logs: LogRecords
+) -> None:
+    async with proxies.pair() as rig:
+        session = rig.session(0x40)
+        await prepare(session)
+        blobs = await seal_all(rig, session)
+        # The database gone from under the target proxy: nothing can be recorded as used.
+        rig.target_proxy.replay_guard.close()
+        assert await relay_all(rig, session, blobs) == [False] * len(blobs)
+        metrics = rig.target_proxy.metrics
+        assert metrics.get("smg_replay_store_errors_total") == len(blobs)
+        refusals = logs.audit("channel_refused")
+        assert {(e["reason"], e["error"]) for e in refusals} == {("open", "ReplayStoreError")}
+        assert len(refusals) == len(blobs)
