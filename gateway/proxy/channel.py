@@ -429,7 +429,11 @@ class ChannelHandler:
             opened = verified.consume(
                 self.state.replay_guard, claim=self._claim(session, verified)
             )
-            native_payload = native.encode(opened.state, self.channel_type)
+            native_payload = native.encode(
+                opened.state,
+                self.channel_type,
+                jpeg_wan_compression=self.route.jpeg_wan_compression,
+            )
             with session.lock:
                 session.accepted.add((self.channel_type, self.channel_id))
                 done = not session.completed and session.accepted >= session.expected_channels

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import ConfigError, shorten
+from schemas.display import JpegWanCompression
 
 __all__ = ["Limits", "Peer", "ProxyConfig", "Route", "load_config", "parse_address"]
 
@@ -75,6 +76,9 @@ class Route(_Strict):
     upstream_tls: bool = False
     upstream_ca: str | None = None
     upstream_server_name: str | None = None
+    #: The upstream QEMU's ``-spice jpeg-wan-compression=`` (QEMU's default is ``auto``): the
+    #: target proxy writes the display surface list in the format that spice-server reads.
+    jpeg_wan_compression: JpegWanCompression = "auto"
 
     @field_validator("listen", "upstream")
     @classmethod

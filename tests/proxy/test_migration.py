@@ -7,6 +7,7 @@ the source spice-server sent; everything else must cross both proxies unchanged.
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 
@@ -14,7 +15,8 @@ from gateway import native
 from gateway.envelope import MAGIC, read_header
 from gateway.proxy import channel as channel_module
 from gateway.spice.constants import ChannelType, HeaderKind, Msgc
-from schemas import CharDeviceState, SpicevmcState
+from schemas import CharDeviceState, UsbredirState
+from schemas.streams import usbredir_packet
 
 from .conftest import SOURCE_HOST, TARGET_HOST, LogRecords, Proxies, Rig
 from .peers import (
@@ -159,14 +161,18 @@ async def test_stop_lets_a_migration_in_flight_finish(proxies: Proxies, logs: Lo
 async def test_large_pending_device_data_migrates(proxies: Proxies, logs: LogRecords) -> None:
     """A usbredir channel with 300 KB still to write to the guest: sealed off the event loop,
     and larger than one read on every leg."""
-    pending = bytes(range(256)) * 1200
-    state = SpicevmcState(
+    data = bytes(range(256)) * 240  # 60 KiB of bulk IN data per packet, five packets
+    pending = b"".join(
+        usbredir_packet(101, struct.pack("<BBHIH", 0x81, 0, len(data), 0, 0), data, i)
+        for i in range(5)
+    )
+    state = UsbredirState(
         device=CharDeviceState(
             connected=True,
             num_client_tokens=0xFFFF_FFFF,
             num_send_tokens=0xFFFF_FFFF,
             write_size=len(pending),
-            write_num_client_tokens=40,
+            write_num_client_tokens=5,
             write_data=pending,
         )
     )
