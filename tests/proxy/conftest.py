@@ -316,6 +316,7 @@ class Proxies:
         source_limits: Mapping[str, Any] | None = None,
         target_limits: Mapping[str, Any] | None = None,
         control: bool = True,
+        target_route: Mapping[str, Any] | None = None,
     ) -> tuple[str, str, dict[str, tuple[int, int]]]:
         """TOML of both hosts for ``vms`` (name -> vm id, source upstream, target upstream);
         also the listen ports picked for each VM (source, target)."""
@@ -343,6 +344,7 @@ class Proxies:
                         "upstream": f"{host}:{port}",
                         "vm_id": str(vm_id),
                         **tls_keys,
+                        **((target_route or {}) if side else {}),
                     }
                 )
             return tables
@@ -378,6 +380,7 @@ class Proxies:
         server_mini: bool = True,
         source_limits: Mapping[str, Any] | None = None,
         target_limits: Mapping[str, Any] | None = None,
+        target_route: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[Rig]:
         """Scripted servers, then both proxies in this event loop; all torn down after."""
         servers: list[ScriptedServer] = []
@@ -401,6 +404,7 @@ class Proxies:
                 upstream_tls=upstream_tls,
                 source_limits=source_limits,
                 target_limits=target_limits,
+                target_route=target_route,
             )
             source_config = parse_config(source_text.encode(), "source config")
             target_config = parse_config(target_text.encode(), "target config")
