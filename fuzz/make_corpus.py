@@ -65,9 +65,11 @@ from schemas import (
     StateModel,
     SurfacesLossless,
     SurfacesLossy,
+    UsbredirState,
 )
 from schemas.display import NUM_SURFACES
 from schemas.smartcard import MAX_VSC_LENGTH, TARGET_READ_BUFFER
+from schemas.streams import usbredir_packet
 
 __all__ = ["Seeds", "generate", "main"]
 
@@ -225,11 +227,24 @@ def smartcard_states() -> list[StateModel]:
     ]
 
 
+def _bulk_in(data: bytes, packet_id: int) -> bytes:
+    """A usbredir bulk IN packet for the guest (64-bit id, 32-bit length)."""
+    head = struct.pack("<BBHIH", 0x81, 0, len(data) & 0xFFFF, 0, len(data) >> 16)
+    return usbredir_packet(101, head, data, packet_id)
+
+
 def spicevmc_states() -> list[StateModel]:
+    """usbredir (the harness's channel): whole usbredir packets pending."""
     return [
-        SpicevmcState(device=_device()),
-        SpicevmcState(device=_device(_pattern(100), 1)),
-        SpicevmcState(device=_device(_pattern(65_536), 3)),
+        UsbredirState(device=_device()),
+        UsbredirState(device=_device(_bulk_in(_pattern(84), 1), 1)),
+        UsbredirState(
+            device=_device(
+                b"".join(_bulk_in(_pattern(21_829, n), n) for n in range(3))
+                + usbredir_packet(2, b"", b"", 4),
+                4,
+            )
+        ),
     ]
 
 
@@ -240,6 +255,9 @@ STATES: dict[ChannelType, Callable[[], list[StateModel]]] = {
     ChannelType.SMARTCARD: smartcard_states,
     ChannelType.USBREDIR: spicevmc_states,
 }
+
+
+_VMC = (ChannelType.USBREDIR, *SpicevmcState.channel_types)
 
 
 def hypothesis_states(channel: ChannelType, count: int = 25) -> list[StateModel]:
@@ -280,14 +298,14 @@ def vectors(channel: ChannelType) -> list[bytes]:
         return []
     finally:
         sys.path.remove(str(_table.ROOT))
-    family = SpicevmcState.channel_types if channel in SpicevmcState.channel_types else (channel,)
+    family = (ChannelType.USBREDIR, *SpicevmcState.channel_types) if channel in _VMC else (channel,)
     return [v.data for v in module.VECTORS if v.channel in family]
 
 
 def samples(channel: ChannelType) -> list[bytes]:
     """Payloads captured from real sources that the package ships (gateway/samples/)."""
     folder = _table.ROOT / "gateway" / "samples"
-    family = SpicevmcState.channel_types if channel in SpicevmcState.channel_types else (channel,)
+    family = (ChannelType.USBREDIR, *SpicevmcState.channel_types) if channel in _VMC else (channel,)
     names = [f"{c.name.lower()}.bin" for c in family]
     return [(folder / n).read_bytes() for n in names if (folder / n).is_file()]
 
