@@ -69,7 +69,7 @@ from schemas import (
 )
 from schemas.display import NUM_SURFACES
 from schemas.smartcard import MAX_VSC_LENGTH, TARGET_READ_BUFFER
-from schemas.streams import usbredir_packet
+from schemas.streams import usbredir_bulk_in, usbredir_packet
 
 __all__ = ["Seeds", "generate", "main"]
 
@@ -227,20 +227,14 @@ def smartcard_states() -> list[StateModel]:
     ]
 
 
-def _bulk_in(data: bytes, packet_id: int) -> bytes:
-    """A usbredir bulk IN packet for the guest (64-bit id, 32-bit length)."""
-    head = struct.pack("<BBHIH", 0x81, 0, len(data) & 0xFFFF, 0, len(data) >> 16)
-    return usbredir_packet(101, head, data, packet_id)
-
-
 def spicevmc_states() -> list[StateModel]:
     """usbredir (the harness's channel): whole usbredir packets pending."""
     return [
         UsbredirState(device=_device()),
-        UsbredirState(device=_device(_bulk_in(_pattern(84), 1), 1)),
+        UsbredirState(device=_device(usbredir_bulk_in(_pattern(84), 1), 1)),
         UsbredirState(
             device=_device(
-                b"".join(_bulk_in(_pattern(21_829, n), n) for n in range(3))
+                b"".join(usbredir_bulk_in(_pattern(21_829, n), n) for n in range(3))
                 + usbredir_packet(2, b"", b"", 4),
                 4,
             )

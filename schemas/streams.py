@@ -25,6 +25,7 @@ __all__ = [
     "check_usbredir_stream",
     "check_vdi_chunks",
     "check_vsc_stream",
+    "usbredir_bulk_in",
     "usbredir_packet",
     "vdi_chunk",
     "vsc_message",
@@ -211,6 +212,12 @@ def check_vdi_chunks(data: bytes) -> int:
 def usbredir_packet(kind: int, head: bytes, data: bytes = b"", packet_id: int = 0) -> bytes:
     """One usbredir packet with the 64-bit-id header."""
     return _HEADER.pack(kind, len(head) + len(data), packet_id) + head + data
+
+
+def usbredir_bulk_in(data: bytes, packet_id: int = 0, endpoint: int = 0x81) -> bytes:
+    """A bulk packet carrying ``data`` from an IN endpoint to the guest (32-bit length)."""
+    head = struct.pack("<BBHIH", endpoint, 0, len(data) & 0xFFFF, 0, len(data) >> 16)
+    return usbredir_packet(101, head, data, packet_id)
 
 
 def vsc_message(kind: int, reader_id: int, payload: bytes) -> bytes:

@@ -39,6 +39,7 @@ from schemas.streams import (
     check_usbredir_stream,
     check_vdi_chunks,
     check_vsc_stream,
+    usbredir_bulk_in,
     usbredir_packet,
     vdi_chunk,
     vsc_message,
@@ -164,11 +165,6 @@ vm_id = "9b1c1f1e-5a38-4d3f-a3f0-6a2b8d1c7e42"
 # --- usbredir --------------------------------------------------------------------------------
 
 
-def bulk_in(data: bytes, packet_id: int = 1) -> bytes:
-    head = struct.pack("<BBHIH", 0x81, 0, len(data) & 0xFFFF, 0, len(data) >> 16)
-    return usbredir_packet(101, head, data, packet_id)
-
-
 def hello(caps: int = USBREDIR_CAPS) -> bytes:
     body = b"usbredir 0.13.0".ljust(64, b"\0") + struct.pack("<I", caps)
     return struct.pack("<III", 0, len(body), 0) + body
@@ -186,16 +182,16 @@ def test_usbredir_measured_states() -> None:
     well-formed bulk packets (taken)."""
     refused(check_usbredir_stream, b"\x41" * 64, "offset 0")
     refused(check_usbredir_stream, b"\x41" * (MIB + 64), "offset 0")
-    packet = bulk_in(bytes(MIB - 26))
+    packet = usbredir_bulk_in(bytes(MIB - 26))
     stream = packet * 32
     assert len(stream) == 32 * MIB
     UsbredirState(device=device(stream, tokens=32))
 
 
 def test_every_truncation_of_a_usbredir_stream_is_refused() -> None:
-    stream = hello() + bulk_in(b"abc") + usbredir_packet(8, b"\0\1", packet_id=9)
+    stream = hello() + usbredir_bulk_in(b"abc") + usbredir_packet(8, b"\0\1", packet_id=9)
     check_usbredir_stream(stream)
-    boundaries = {0, len(hello()), len(hello()) + len(bulk_in(b"abc")), len(stream)}
+    boundaries = {0, len(hello()), len(hello()) + len(usbredir_bulk_in(b"abc")), len(stream)}
     for length in range(1, len(stream)):
         if length in boundaries:
             check_usbredir_stream(stream[:length])
@@ -205,7 +201,9 @@ def test_every_truncation_of_a_usbredir_stream_is_refused() -> None:
 
 def test_bit_flips_in_a_usbredir_stream_are_refused_or_well_formed() -> None:
     """A flip either breaks the stream (refused) or leaves one QEMU still parses whole."""
-    stream = bulk_in(b"0123456789") + usbredir_packet(103, struct.pack("<BBH", 0x82, 0, 2), b"hi")
+    stream = usbredir_bulk_in(b"0123456789") + usbredir_packet(
+        103, struct.pack("<BBH", 0x82, 0, 2), b"hi"
+    )
     rng = random.Random(9)
     messages = []
     for _ in range(400):
@@ -231,7 +229,7 @@ def test_bit_flips_in_a_usbredir_stream_are_refused_or_well_formed() -> None:
         (usbredir_packet(4, struct.pack("<I", 33) + bytes(128)), "more than 32 interfaces"),
         (usbredir_packet(17, b"\0\x01"), "output endpoint"),
         (usbredir_packet(23, b"1,2,3"), "NUL-terminated"),
-        (bulk_in(b"abc")[:-1] + b"", "runs past the end"),
+        (usbredir_bulk_in(b"abc")[:-1] + b"", "runs past the end"),
         (
             usbredir_packet(101, struct.pack("<BBHIH", 0x81, 0, 5, 0, 0), b"abc"),
             "3 data bytes, the header announces 5",

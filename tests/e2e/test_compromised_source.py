@@ -33,7 +33,7 @@ from schemas import (
 )
 from schemas.display import NUM_SURFACES
 from schemas.main import AgentReadState, AgentWriteState
-from schemas.streams import usbredir_packet, vsc_message
+from schemas.streams import usbredir_bulk_in, vsc_message
 
 from . import test_proxied_migration as proxied
 from .compromised import CompromisedSource
@@ -62,11 +62,6 @@ def _with_device(state: StateModel, write: bytes, tokens: int, **extra: object) 
         )
     )
     return type(state).model_construct(**(dict(state) | {"device": changed} | extra))
-
-
-def _bulk_in(data: bytes, packet_id: int) -> bytes:
-    head = struct.pack("<BBHIH", 0x81, 0, len(data) & 0xFFFF, 0, len(data) >> 16)
-    return usbredir_packet(101, head, data, packet_id)
 
 
 def _display(surfaces: SurfacesLossless | SurfacesLossy, low_bandwidth: bool) -> Chooser:
@@ -296,7 +291,7 @@ def test_legitimate_edge_states_are_taken(
         )
 
     def usbredir(state: StateModel) -> StateModel:
-        packets = b"".join(_bulk_in(bytes(64 * 1024 - 26), n) for n in range(16))
+        packets = b"".join(usbredir_bulk_in(bytes(64 * 1024 - 26), n) for n in range(16))
         return UsbredirState.model_validate(dict(_with_device(state, packets, 16)))
 
     deployment, source = run(
