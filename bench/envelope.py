@@ -4,7 +4,7 @@ Run: ``python bench/envelope.py [--quick] [--dir DIR]``. Prints medians; asserts
 
 What is measured
 ----------------
-* **Sizes** 64 B to 4 MiB. The state is a ``SpicevmcState`` (a usbredir channel) whose
+* **Sizes** 64 B to 4 MiB. The state is a ``SpicevmcState`` (a port channel: opaque bytes) whose
   ``write_data`` has the given size, so seal and open include everything a real blob costs:
   ``model_dump`` and msgpack packing on the way in; authentication, decryption, strict msgpack
   decoding and strict schema validation on the way out. The baselines get the bare bytes: raw
@@ -150,7 +150,7 @@ Samples = dict[str, list[float]]
 
 def bench_size(size: int, directory: Path, quick: bool) -> Samples:
     keyring = Keyring.create()
-    ctx = context(ChannelType.USBREDIR)
+    ctx = context(ChannelType.PORT)
     expected = ExpectedContext.of(ctx)
     policy = Policy(max_blob_size=8 << 20)
     gcm = AESGCM(os.urandom(32))
@@ -237,7 +237,7 @@ def bench_parts(quick: bool) -> dict[str, float]:
     keyring = Keyring.create()
     key = keyring.active
     state = state_of(1024)
-    ctx = context(ChannelType.USBREDIR)
+    ctx = context(ChannelType.PORT)
     salt = os.urandom(32)
     enc_key, mac_key = _derive(key.secret, salt)
     dumped = state.model_dump(mode="python")

@@ -216,12 +216,12 @@ def interesting_ints(modules: Iterable[types.ModuleType]) -> list[int]:
 
 
 def schema_modules(model: type) -> list[types.ModuleType]:
-    """The schema module of ``model`` and of every model class it imports."""
+    """The schema module of ``model`` and of every model class or rule it imports."""
     home = sys.modules[model.__module__]
     found = {home.__name__: home}
     for value in vars(home).values():
         owner = getattr(value, "__module__", None)
-        if isinstance(value, type) and owner and owner.startswith("schemas."):
+        if (isinstance(value, type) or callable(value)) and owner and owner.startswith("schemas."):
             found.setdefault(owner, sys.modules[owner])
     return [found[name] for name in sorted(found)]
 
@@ -267,7 +267,12 @@ class LayoutMutator:
     behind the engine's are reached, or falls back to libFuzzer's own byte mutations.
     """
 
-    def __init__(self, layout: Any, mutate: Callable[[bytes, int], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        layout: Any,
+        mutate: Callable[[bytes, int], bytes] | None = None,
+        stream: Any = None,
+    ) -> None:
         self.magic: bytes = layout.magic
         self.version: int = layout.version
         self.fixed: int = layout.fixed_size
@@ -281,6 +286,21 @@ class LayoutMutator:
             for block in layout.blocks
         ]
         self.limits = interesting_ints(schema_modules(layout.model))
+        #: The pending-write block's inner stream (``_streams.Stream``): laid out well-formed
+        #: most of the time, so that the schema's stream rules are passed and what lies behind
+        #: them is reached.
+        self.stream = stream
+        self._stream_block = next(
+            (
+                i
+                for i, block in enumerate(layout.blocks)
+                if getattr(block, "path", "").endswith("write_data")
+            ),
+            None,
+        )
+        self._tokens = self._offset.get(stream.tokens) if stream and stream.tokens else None
+        window = stream.window if stream else None
+        self._window = (self._offset[window[0]], window[1]) if window else None
         self._mutate = mutate or libfuzzer_mutate
         self._operations: Sequence[tuple[int, Callable[[bytearray, random.Random, int], None]]] = (
             (30, self._field),
@@ -462,7 +482,21 @@ class LayoutMutator:
         tail = bytes(buf[self.fixed :])
         del buf[self.fixed :]
         taken = 0
-        for ptr, size in self.blocks:
+        for index, (ptr, size) in enumerate(self.blocks):
+            stream = self.stream is not None and index == self._stream_block
+            if stream and size is not None and rng.random() < 0.6:
+                room = min(max_size - len(buf), rng.choice((64, 1024, 70_000)))
+                data, count = self.stream.fill(rng, max(0, room))
+                self._write(buf, size, len(data))
+                if self._tokens is not None:
+                    self._write(buf, self._tokens, count)
+                if self._window is not None:
+                    held, window = self._window
+                    if self._read(buf, held) + count > window:
+                        self._write(buf, held, max(0, window - count))
+                self._write(buf, ptr, len(buf) if data else 0)
+                buf.extend(data)
+                continue
             if size is None:
                 rest = tail[taken:] or bytes(4)
                 self._write(buf, ptr, len(buf))

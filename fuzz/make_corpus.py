@@ -66,9 +66,11 @@ from schemas import (
     StateModel,
     SurfacesLossless,
     SurfacesLossy,
+    UsbredirState,
 )
 from schemas.display import NUM_SURFACES
 from schemas.smartcard import MAX_VSC_LENGTH, TARGET_READ_BUFFER
+from schemas.streams import usbredir_bulk_in, usbredir_packet
 
 __all__ = ["Seeds", "generate", "main"]
 
@@ -227,10 +229,17 @@ def smartcard_states() -> list[StateModel]:
 
 
 def spicevmc_states() -> list[StateModel]:
+    """usbredir (the harness's channel): whole usbredir packets pending."""
     return [
-        SpicevmcState(device=_device()),
-        SpicevmcState(device=_device(_pattern(100), 1)),
-        SpicevmcState(device=_device(_pattern(65_536), 3)),
+        UsbredirState(device=_device()),
+        UsbredirState(device=_device(usbredir_bulk_in(_pattern(84), 1), 1)),
+        UsbredirState(
+            device=_device(
+                b"".join(usbredir_bulk_in(_pattern(21_829, n), n) for n in range(3))
+                + usbredir_packet(2, b"", b"", 4),
+                4,
+            )
+        ),
     ]
 
 
@@ -241,6 +250,9 @@ STATES: dict[ChannelType, Callable[[], list[StateModel]]] = {
     ChannelType.SMARTCARD: smartcard_states,
     ChannelType.USBREDIR: spicevmc_states,
 }
+
+
+_VMC = (ChannelType.USBREDIR, *SpicevmcState.channel_types)
 
 
 def hypothesis_states(channel: ChannelType, count: int = 25) -> list[StateModel]:
@@ -281,14 +293,14 @@ def vectors(channel: ChannelType) -> list[bytes]:
         return []
     finally:
         sys.path.remove(str(_table.ROOT))
-    family = SpicevmcState.channel_types if channel in SpicevmcState.channel_types else (channel,)
+    family = (ChannelType.USBREDIR, *SpicevmcState.channel_types) if channel in _VMC else (channel,)
     return [v.data for v in module.VECTORS if v.channel in family]
 
 
 def samples(channel: ChannelType) -> list[bytes]:
     """Payloads captured from real sources that the package ships (gateway/samples/)."""
     folder = _table.ROOT / "gateway" / "samples"
-    family = SpicevmcState.channel_types if channel in SpicevmcState.channel_types else (channel,)
+    family = (ChannelType.USBREDIR, *SpicevmcState.channel_types) if channel in _VMC else (channel,)
     names = [f"{c.name.lower()}.bin" for c in family]
     return [(folder / n).read_bytes() for n in names if (folder / n).is_file()]
 

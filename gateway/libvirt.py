@@ -62,6 +62,9 @@ class SpiceGraphics:
     addresses: tuple[str, ...]
     #: A ``<listen type='socket'>`` or ``type='none'``: not a TCP endpoint at all.
     non_tcp: str | None
+    #: ``<jpeg compression=...>``, QEMU's ``jpeg-wan-compression`` (``auto`` when absent): the
+    #: target proxy writes the display state in the format this spice-server reads.
+    jpeg_wan_compression: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -130,12 +133,20 @@ def _graphics(element: ET.Element) -> SpiceGraphics:
         address = listen.get("address")
         if address and address not in addresses:
             addresses.append(address)
+    jpeg = element.find("jpeg")
+    compression = "auto" if jpeg is None else jpeg.get("compression", "auto")
+    if compression not in ("auto", "never", "always"):
+        raise MalformedInput(
+            f"domain XML: <jpeg compression> is {shorten(compression, 20)!r}, not auto, never "
+            "or always"
+        )
     return SpiceGraphics(
         port=_port(element, "port"),
         tls_port=_port(element, "tlsPort"),
         autoport=element.get("autoport") == "yes",
         addresses=tuple(addresses),
         non_tcp=non_tcp,
+        jpeg_wan_compression=compression,
     )
 
 
@@ -187,6 +198,8 @@ def routes_for(domain: Domain, settings: LibvirtHook) -> list[dict[str, Any]]:
             raise HookRefused(f"{where}: SPICE has no port allocated (autoport before start?)")
         suffix = f"-{index}" if index else ""
         base: dict[str, Any] = {"vm_id": str(domain.uuid)}
+        if graphics.jpeg_wan_compression != "auto":  # the route's default is QEMU's
+            base["jpeg_wan_compression"] = graphics.jpeg_wan_compression
         for port, tls in ((graphics.port, False), (graphics.tls_port, True)):
             if port is None:
                 continue

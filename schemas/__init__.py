@@ -17,7 +17,7 @@ from schemas.inputs import InputsState
 from schemas.main import AgentReadState, AgentWriteState, MainState
 from schemas.registry import entries, latest_version, model_for
 from schemas.smartcard import SmartcardState
-from schemas.spicevmc import SpicevmcState
+from schemas.spicevmc import SpicevmcState, UsbredirState
 
 __all__ = [
     "I32",
@@ -42,6 +42,7 @@ __all__ = [
     "StrictModel",
     "SurfacesLossless",
     "SurfacesLossy",
+    "UsbredirState",
     "entries",
     "latest_version",
     "model_for",

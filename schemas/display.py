@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeAlias
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -13,15 +13,18 @@ from schemas.registry import register
 __all__ = [
     "GLZ_MAX_ENCODERS",
     "GLZ_MAX_WINDOW",
+    "JPEG_WAN_COMPRESSION",
     "MAX_COORDINATE",
     "MAX_PIXMAP_CACHE_SIZE",
     "NUM_SURFACES",
     "DisplayState",
     "GlzDictionary",
+    "JpegWanCompression",
     "LossyRect",
     "LossySurface",
     "SurfacesLossless",
     "SurfacesLossy",
+    "reads_lossy_list",
 ]
 
 #: spice-server's per-client surface arrays have NUM_SURFACES entries; an id is an index.
@@ -36,6 +39,10 @@ GLZ_MAX_ENCODERS = 4
 MAX_PIXMAP_CACHE_SIZE = 1 << 32
 #: Lossy rects are the bounding boxes of regions on a surface; QXL surfaces are far smaller.
 MAX_COORDINATE = 1 << 16
+
+JpegWanCompression: TypeAlias = Literal["auto", "always", "never"]
+"""QEMU's ``-spice jpeg-wan-compression=``: whether spice-server may send lossy (JPEG) images."""
+JPEG_WAN_COMPRESSION: tuple[JpegWanCompression, ...] = ("auto", "always", "never")
 
 SurfaceId = Annotated[int, Field(ge=0, lt=NUM_SURFACES)]
 Coordinate = Annotated[int, Field(ge=0, le=MAX_COORDINATE)]
@@ -131,3 +138,48 @@ class DisplayState(StateModel):
             custom_error_message="kind must be 'lossless' or 'lossy'",
         ),
     ]
+
+    def for_target(self, jpeg_wan_compression: JpegWanCompression) -> DisplayState:
+        """This state with its surface list in the format the target's spice-server will read.
+
+        A source with another ``jpeg-wan-compression`` than the target writes the other format
+        (for instance ``always`` with ``low_bandwidth`` 0 writes lossy entries that an ``auto``
+        target reads as lossless ids, and aborts). Lossless to lossy is exact (empty rects);
+        lossy to lossless drops the rects: the target then treats the client's copy of every
+        surface as lossless.
+        """
+        return _for_target(self, jpeg_wan_compression)
+
+
+def reads_lossy_list(jpeg_wan_compression: JpegWanCompression, low_bandwidth: bool) -> bool:
+    """Whether a spice-server with this setting reads the surface list as lossy entries.
+
+    ``DisplayChannelClient::handle_migrate_data`` ignores the body's length: it reads 20-byte
+    lossy entries iff its own ``enable_jpeg``, which ``auto`` (QEMU's default) switches on from
+    the body's ``low_bandwidth``; ``always`` and ``never`` ignore the body.
+    """
+    if jpeg_wan_compression == "always":
+        return True
+    if jpeg_wan_compression == "never":
+        return False
+    return low_bandwidth
+
+
+def _for_target(state: DisplayState, jpeg_wan_compression: JpegWanCompression) -> DisplayState:
+    surfaces = state.surfaces
+    lossy = reads_lossy_list(jpeg_wan_compression, state.low_bandwidth)
+    if isinstance(surfaces, SurfacesLossless):
+        if not lossy or not surfaces.ids:
+            return state
+        # An empty lossy region is exactly what a lossless entry means.
+        empty = LossyRect(left=0, top=0, right=0, bottom=0)
+        converted: SurfacesLossless | SurfacesLossy = SurfacesLossy(
+            surfaces=tuple(LossySurface(id=i, lossy_rect=empty) for i in surfaces.ids)
+        )
+    else:
+        if lossy:
+            return state
+        # The target will take every surface as lossless at the client: it forgets where the
+        # client holds JPEG-approximated pixels (display quality, not safety).
+        converted = SurfacesLossless(ids=tuple(s.id for s in surfaces.surfaces))
+    return state.model_copy(update={"surfaces": converted})

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from schemas._base import U32, ChannelType, StateModel, StrictModel
 from schemas.chardev import CharDeviceState
 from schemas.registry import register
+from schemas.streams import VDP_CLIENT_PORT, VDP_SERVER_PORT, check_vdi_chunks
 
 __all__ = [
     "AGENT_CLIENT_WINDOW",
@@ -68,6 +69,17 @@ class AgentReadState(StrictModel):
             raise ValueError(
                 "a partial message header needs a complete chunk header and an unfinished message"
             )
+        # While the chunk header is still being read the source has no message header: a done
+        # flag there leaves the target's agent reader out of step for the session.
+        if self.chunk_header_size < VDI_CHUNK_HEADER_SIZE and self.msg_header_done:
+            raise ValueError("msg_header_done with a partial chunk header")
+        if self.chunk_header_size == VDI_CHUNK_HEADER_SIZE:
+            # The source got past the header, so its port was one it reads; the size is the
+            # rest of the chunk, and a message header still being read has chunk bytes to come.
+            if self.chunk_port not in (VDP_CLIENT_PORT, VDP_SERVER_PORT):
+                raise ValueError(f"chunk port {self.chunk_port} in a complete chunk header")
+            if self.msg_header_partial_len and not self.chunk_size:
+                raise ValueError("a partial message header in a chunk with no bytes left")
         return self
 
 
@@ -99,6 +111,18 @@ class MainState(StateModel):
             or self.client_to_agent != _IDLE_WRITE
         ):
             raise ValueError("without an agent on the source every agent field must be zero")
+        if agent.connected:
+            # Pending agent bytes are whole VDI chunks, one per client token.
+            client_chunks = check_vdi_chunks(agent.write_data)
+            if client_chunks != agent.write_num_client_tokens:
+                raise ValueError(
+                    f"write_data holds {client_chunks} client chunks but "
+                    f"write_num_client_tokens is {agent.write_num_client_tokens}"
+                )
+            # A client that started the agent holds a send window; with none left the target
+            # never reads the agent again (spice-gtk hands 2^32 - 1 tokens and returns none).
+            if self.client_agent_started and not agent.num_send_tokens:
+                raise ValueError("num_send_tokens 0: the target would never read the agent")
         if agent.num_client_tokens + agent.write_num_client_tokens > AGENT_CLIENT_WINDOW:
             raise ValueError(
                 f"num_client_tokens + write_num_client_tokens exceeds the agent window of "

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from schemas._base import ChannelType, StateModel
 from schemas.chardev import CharDeviceState
 from schemas.registry import register
+from schemas.streams import check_vsc_stream
 
 __all__ = ["MAX_VSC_LENGTH", "TARGET_READ_BUFFER", "VSC_HEADER_SIZE", "SmartcardState"]
 
@@ -43,6 +44,8 @@ class SmartcardState(StateModel):
             raise ValueError(
                 f"read_data holds {len(self.read_data)} bytes but read_size is {self.read_size}"
             )
+        # Pending writes to the card are whole VSC messages the passthru card can take.
+        check_vsc_stream(self.device.write_data)
         if not self.device.connected and (self.reader_added or self.read_size):
             raise ValueError("without a device on the source there is no reader and no read data")
         if self.read_size >= VSC_HEADER_SIZE:

@@ -35,6 +35,7 @@ from schemas import (
     StateModel,
     SurfacesLossless,
     SurfacesLossy,
+    UsbredirState,
 )
 from schemas.display import (
     GLZ_MAX_ENCODERS,
@@ -46,6 +47,14 @@ from schemas.display import (
 from schemas.inputs import MAX_MOTION_COUNT
 from schemas.main import AGENT_CLIENT_WINDOW
 from schemas.smartcard import MAX_VSC_LENGTH, VSC_HEADER_SIZE
+from schemas.streams import (
+    USBREDIR_CAPS,
+    VDP_CLIENT_PORT,
+    VDP_SERVER_PORT,
+    usbredir_packet,
+    vdi_chunk,
+    vsc_message,
+)
 
 __all__ = [
     "MIGRATION_CHANNELS",
@@ -67,8 +76,11 @@ __all__ = [
     "surfaces",
     "surfaces_lossless",
     "surfaces_lossy",
+    "usbredir_states",
+    "usbredir_streams",
     "vdi_chunk_stream",
     "vsc_partial_reads",
+    "vsc_streams",
 ]
 
 #: Every channel that carries migration data, in channel-type order.
@@ -79,9 +91,45 @@ U32 = st.integers(0, 0xFFFF_FFFF)
 U64 = st.integers(0, 0xFFFF_FFFF_FFFF_FFFF)
 MSG_REMAINING = st.integers(0, 2**31 - 1)
 FILTER_RESULT = st.integers(0, 3)
-VDI_CHUNK_HEADER = struct.Struct("<II")
 VSC_HEADER = struct.Struct(">III")
-VDP_CLIENT_PORT = 1
+
+
+@st.composite
+def usbredir_streams(draw: st.DrawFn, max_packets: int = 4) -> bytes:
+    """Whole usbredir packets a usb host sends to the guest (optionally after a hello)."""
+    out = b""
+    if draw(st.booleans()):
+        hello = b"host 0.13".ljust(64, b"\0") + struct.pack("<I", USBREDIR_CAPS)
+        out += struct.pack("<III", 0, len(hello), 0) + hello
+    for _ in range(draw(st.integers(0, max_packets))):
+        kind = draw(st.sampled_from((2, 8, 100, 101, 103, 104)))
+        packet_id = draw(U64)
+        if kind == 2:
+            out += usbredir_packet(2, b"", packet_id=packet_id)
+        elif kind == 8:
+            out += usbredir_packet(8, bytes([draw(U8), draw(U8)]), packet_id=packet_id)
+        else:
+            data = draw(st.binary(max_size=24))
+            endpoint = 0x80 | draw(st.integers(0, 15))
+            if kind == 100:
+                head = struct.pack("<BBBBHHH", endpoint, 6, 0x80, 0, 0x100, 0, len(data))
+            elif kind == 101:
+                head = struct.pack("<BBHIH", endpoint, 0, len(data), 0, 0)
+            elif kind == 103:
+                head = struct.pack("<BBH", endpoint, 0, len(data))
+            else:
+                head = struct.pack("<IIBB", 0, len(data), endpoint, 0)
+            out += usbredir_packet(kind, head, data, packet_id)
+    return out
+
+
+@st.composite
+def vsc_streams(draw: st.DrawFn, max_messages: int = 3) -> bytes:
+    """Whole VSC messages for the passthru card."""
+    messages = draw(
+        st.lists(st.tuples(st.integers(1, 9), U32, st.binary(max_size=24)), max_size=max_messages)
+    )
+    return b"".join(vsc_message(kind, reader, data) for kind, reader, data in messages)
 
 
 def budget(examples: int) -> settings:
@@ -98,9 +146,17 @@ def budget(examples: int) -> settings:
 def vdi_chunk_stream(draw: st.DrawFn, max_chunks: int = 4) -> tuple[bytes, int]:
     """Agent write data as the source queues it: VDIChunkHeader (port, size) + data, per client
     message. Returns the bytes and the number of messages (tokens) they account for."""
-    chunks = draw(st.lists(st.binary(max_size=24), max_size=max_chunks))
-    data = b"".join(VDI_CHUNK_HEADER.pack(VDP_CLIENT_PORT, len(c)) + c for c in chunks)
-    return data, len(chunks)
+    chunks = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from((VDP_CLIENT_PORT, VDP_SERVER_PORT)),
+                st.binary(min_size=1, max_size=24),
+            ),
+            max_size=max_chunks,
+        )
+    )
+    data = b"".join(vdi_chunk(port, c) for port, c in chunks)
+    return data, sum(port == VDP_CLIENT_PORT for port, _ in chunks)
 
 
 def _empty_device() -> CharDeviceState:
@@ -116,14 +172,18 @@ def _empty_device() -> CharDeviceState:
 
 @st.composite
 def char_devices(
-    draw: st.DrawFn, connected: bool | None = None, max_write: int = 64
+    draw: st.DrawFn,
+    connected: bool | None = None,
+    max_write: int = 64,
+    writes: st.SearchStrategy[bytes] | None = None,
 ) -> CharDeviceState:
-    """Any valid char-device record; ``connected`` None draws both kinds."""
+    """Any valid char-device record; ``connected`` None draws both kinds; ``writes`` draws the
+    pending bytes (any bytes by default: a port's)."""
     if connected is None:
         connected = draw(st.booleans())
     if not connected:
         return _empty_device()
-    data = draw(st.binary(max_size=max_write))
+    data = draw(st.binary(max_size=max_write) if writes is None else writes)
     return CharDeviceState(
         connected=True,
         num_client_tokens=draw(U32),
@@ -136,17 +196,12 @@ def char_devices(
 
 @st.composite
 def agent_devices(draw: st.DrawFn) -> CharDeviceState:
-    """A connected vdagent port: tokens within the client window, VDI-framed or raw pending data."""
-    framed = draw(st.booleans())
-    if framed:
-        data, tokens = draw(vdi_chunk_stream(max_chunks=AGENT_CLIENT_WINDOW))
-    else:
-        data = draw(st.binary(max_size=64))
-        tokens = draw(st.integers(0, min(len(data), AGENT_CLIENT_WINDOW)))
+    """A connected vdagent port: tokens within the client window, VDI-framed pending data."""
+    data, tokens = draw(vdi_chunk_stream(max_chunks=AGENT_CLIENT_WINDOW))
     return CharDeviceState(
         connected=True,
         num_client_tokens=draw(st.integers(0, AGENT_CLIENT_WINDOW - tokens)),
-        num_send_tokens=draw(U32),
+        num_send_tokens=draw(st.integers(1, 0xFFFF_FFFF)),
         write_size=len(data),
         write_num_client_tokens=tokens,
         write_data=data,
@@ -161,14 +216,15 @@ def agent_read_states(draw: st.DrawFn) -> AgentReadState:
     """Agent->client reading state; a partial message header only after a complete chunk
     header and before the message header is done."""
     chunk_header_size = draw(st.integers(0, 8))
-    msg_header_done = draw(st.booleans())
+    complete = chunk_header_size == 8
+    msg_header_done = complete and draw(st.booleans())
     partial = b""
-    if chunk_header_size == 8 and not msg_header_done:
+    if complete and not msg_header_done:
         partial = draw(st.binary(max_size=19))
     return AgentReadState(
         chunk_header_size=chunk_header_size,
-        chunk_port=draw(U32),
-        chunk_size=draw(U32),
+        chunk_port=draw(st.sampled_from((VDP_CLIENT_PORT, VDP_SERVER_PORT)) if complete else U32),
+        chunk_size=draw(st.integers(1 if partial else 0, 0xFFFF_FFFF)),
         msg_header_done=msg_header_done,
         msg_header_partial_len=len(partial),
         msg_header_partial=partial,
@@ -292,7 +348,7 @@ def vsc_partial_reads(draw: st.DrawFn) -> bytes:
 
 @st.composite
 def smartcard_states(draw: st.DrawFn) -> SmartcardState:
-    device = draw(char_devices())
+    device = draw(char_devices(writes=vsc_streams()))
     if not device.connected:
         return SmartcardState(device=device, reader_added=False, read_size=0, read_data=b"")
     read = draw(vsc_partial_reads())
@@ -302,7 +358,13 @@ def smartcard_states(draw: st.DrawFn) -> SmartcardState:
 
 
 def spicevmc_states() -> st.SearchStrategy[SpicevmcState]:
+    """Port and webdav: any pending bytes."""
     return st.builds(SpicevmcState, device=char_devices(connected=True))
+
+
+def usbredir_states() -> st.SearchStrategy[UsbredirState]:
+    """usbredir: whole usbredir packets pending."""
+    return st.builds(UsbredirState, device=char_devices(connected=True, writes=usbredir_streams()))
 
 
 # --- by channel ----------------------------------------------------------------------------
@@ -320,6 +382,8 @@ def states(channel: ChannelType | int) -> st.SearchStrategy[StateModel]:
         strategy = inputs_states()
     elif channel is ChannelType.SMARTCARD:
         strategy = smartcard_states()
+    elif channel is ChannelType.USBREDIR:
+        strategy = usbredir_states()
     elif channel in SpicevmcState.channel_types:
         strategy = spicevmc_states()
     else:

@@ -28,6 +28,7 @@ from gateway.cli.codec import JSON_STRUCTURE_ALLOWANCE, json_limit
 from gateway.envelope import Context, seal
 from gateway.keys import Keyring, save_keyring
 from schemas import ChannelType
+from schemas.streams import usbredir_bulk_in
 from tests.test_native_vectors import vector
 
 SAMPLES = Path(gateway.__file__).parent / "samples"
@@ -392,7 +393,9 @@ def test_encode_refuses_json_structure_no_model_needs(
 ) -> None:
     """Strings count towards the file cap only; masses of numbers or brackets are refused."""
     state = vector("usbredir-full").state.model_dump(mode="json")
-    data = bytes(range(256)) * 8192  # 2 MiB of pending write: over the structure allowance
+    # 2 MiB of pending write (whole usbredir packets, as the target rules want): over the
+    # structure allowance.
+    data = b"".join(usbredir_bulk_in(bytes(range(256)) * 256, i) for i in range(32))
     state["device"].update(write_size=len(data), write_data=base64.b64encode(data).decode())
     model = tmp_path / "large-write.json"
     model.write_text(json.dumps(state, indent=2))

@@ -48,7 +48,9 @@ from schemas import (
     MainState,
     SpicevmcState,
     StateModel,
+    UsbredirState,
 )
+from schemas.streams import usbredir_packet
 from tests.strategies import budget, channel_states
 from tests.vectors.envelope import reference
 
@@ -176,11 +178,20 @@ def test_spicevmc_state_seals_for_each_of_its_channels(
     keyring: Keyring, guard: ReplayGuard
 ) -> None:
     state = SpicevmcState(device=device(b"pending bytes"))
-    for channel in (ChannelType.USBREDIR, ChannelType.PORT, ChannelType.WEBDAV):
+    for channel in (ChannelType.PORT, ChannelType.WEBDAV):
         context = context_for(channel)
         opened = open_envelope(seal(state, context, keyring, now=NOW),
                                ExpectedContext.of(context), keyring, guard, now=NOW)
         assert opened.context.channel_type is channel
+    # usbredir has its own model (the pending bytes are usbredir packets).
+    with pytest.raises(ContextMismatch):
+        seal(state, context_for(ChannelType.USBREDIR), keyring, now=NOW)
+    packet = usbredir_packet(2, b"", packet_id=7)  # device_disconnect
+    usbredir = UsbredirState(device=device(packet))
+    context = context_for(ChannelType.USBREDIR)
+    opened = open_envelope(seal(usbredir, context, keyring, now=NOW),
+                           ExpectedContext.of(context), keyring, guard, now=NOW)
+    assert opened.state == usbredir
 
 
 @given(secret=st.binary(min_size=32, max_size=32), salt=st.binary(min_size=32, max_size=32))
@@ -229,7 +240,7 @@ def test_new_seals_use_the_new_active_key_after_rotation(keyring: Keyring) -> No
 def test_the_state_is_encrypted(keyring: Keyring) -> None:
     marker = b"MARKER-" * 10
     state = SpicevmcState(device=device(marker))
-    blob = seal(state, context_for(ChannelType.USBREDIR), keyring, now=NOW)
+    blob = seal(state, context_for(ChannelType.PORT), keyring, now=NOW)
     assert marker[:8] not in blob
     assert b"write_data" not in blob
     header = read_header(blob)

@@ -198,7 +198,7 @@ def test_bit_flips_in_a_large_blob_are_refused(keyring: Keyring, guard: ReplayGu
             write_num_client_tokens=1, write_data=data,
         )
     )
-    context = context_for(ChannelType.USBREDIR)
+    context = context_for(ChannelType.PORT)
     blob = seal(state, context, keyring, now=NOW)
     attempt = opener(keyring, guard, ExpectedContext.of(context))
     size = len(blob) * 8

@@ -32,6 +32,7 @@ FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
 sys.path.insert(0, str(FUZZ))
 _table: Any = importlib.import_module("_table")
 _harness: Any = importlib.import_module("_harness")
+_streams: Any = importlib.import_module("_streams")
 _harness.INSTRUMENT = False  # replay only: coverage feedback is libFuzzer's business
 sys.path.remove(str(FUZZ))
 
@@ -141,8 +142,8 @@ def _byte_flip(data: bytes, max_size: int) -> bytes:
     return bytes(flipped[:max_size])
 
 
-def _outcomes(layout: Any, seed: bytes, runs: int = 3000) -> Counter[str]:
-    mutator = _harness.LayoutMutator(layout, mutate=_byte_flip)
+def _outcomes(layout: Any, seed: bytes, runs: int = 3000, stream: Any = None) -> Counter[str]:
+    mutator = _harness.LayoutMutator(layout, mutate=_byte_flip, stream=stream)
     outcomes: Counter[str] = Counter()
     data = seed
     for i in range(runs):
@@ -183,6 +184,37 @@ def test_mutator_reaches_the_surface_list() -> None:
     assert outcomes["decoded"] > 100
     assert outcomes["CountOutOfRange"] > 0
     assert outcomes["UnaccountedBytes"] > 0
+
+
+@pytest.mark.parametrize("name", ["main", "smartcard", "usbredir"])
+def test_stream_aware_mutator_passes_the_inner_stream_rules(name: str) -> None:
+    """From a seed without pending bytes, the pending-write block is laid out as whole
+    packets, messages or chunks often enough that states with pending bytes decode."""
+    channel = {"main": ChannelType.MAIN, "smartcard": ChannelType.SMARTCARD}.get(
+        name, ChannelType.USBREDIR
+    )
+    layout = native.layout_for(channel)
+    seed = (FUZZ.parent / "tests" / "vectors" / "native" / "real" / f"{name}.bin").read_bytes()
+    if name == "main":  # the real capture has no agent; start from a connected one, idle
+        from tests.test_native_vectors import vector
+
+        seed = vector("main-agent-between-chunks").data
+
+    def pending(outcomes_of: Any) -> int:
+        mutator = _harness.LayoutMutator(layout, mutate=_byte_flip, stream=outcomes_of)
+        found = 0
+        for i in range(1500):
+            try:
+                state = layout.decode(mutator(seed, 4096, i))
+            except GatewayError:
+                continue
+            device = getattr(state, "device", None) or getattr(state, "agent", None)
+            found += bool(device.write_size)
+        return found
+
+    aware = pending(_streams.STREAMS[name])
+    assert aware > 50, aware
+    assert aware > 3 * pending(None)
 
 
 def test_mutator_builds_a_header_from_nothing() -> None:

@@ -46,7 +46,7 @@ from schemas.display import GLZ_MAX_WINDOW
 from schemas.main import CONNECTED_READ_SLACK, MAIN_MAX_BODY
 from schemas.smartcard import MAX_VSC_LENGTH
 from tests.strategies import MIGRATION_CHANNELS, budget, native_payloads
-from tests.test_native_vectors import VECTORS, char_device, pack, vector
+from tests.test_native_vectors import VECTORS, char_device, pack, vdi_fill, vector
 
 MAX_MESSAGE = 240
 _IDS = [c.name.lower() for c in MIGRATION_CHANNELS]
@@ -89,7 +89,7 @@ BYTE_BLOCK_SHAPES = [
     Shape("main-full", 65, ((65, 133), (133, 139))),
     Shape("smartcard-full", 42, ((42, 59), (59, 75))),
     Shape("smartcard-partial-header", 42, ((42, 47),)),
-    Shape("usbredir-full", 33, ((33, 49),)),
+    Shape("usbredir-full", 33, ((33, 57),)),
     Shape("port-full", 33, ((33, 54),)),
     Shape("webdav-full", 33, ((33, 59),)),
     Shape("inputs-7", 10, ()),
@@ -377,7 +377,7 @@ CATALOGUE: list[Case] = [
     # usbredir/port/webdav: write 33.. (ptr at 29, size at 21)
     case("vmc write ptr 0", "usbredir-full", OffsetIntoFixedPart, "write_data_ptr", (29, "I", 0)),
     case("vmc write ptr 32", "usbredir-full", OffsetIntoFixedPart, "write_data_ptr", (29, "I", 32)),
-    case("vmc write ptr end", "usbredir-full", OffsetOutOfRange, "write_data_ptr", (29, "I", 49)),
+    case("vmc write ptr end", "usbredir-full", OffsetOutOfRange, "write_data_ptr", (29, "I", 57)),
     case("vmc write ptr gap", "usbredir-full", UnaccountedBytes, "write_data_ptr", (29, "I", 34)),
     case("vmc write_size max", "port-full", CountOutOfRange, "write_size", (21, "I", 2**32 - 1)),
     case("vmc write_size +1", "webdav-full", CountOutOfRange, "write_size", (21, "I", 27)),
@@ -492,11 +492,13 @@ def _main_with(write: int, partial: int) -> bytes:
     return (
         b"MNMD"
         + pack("I", 1)
-        + char_device(connected=1, write_size=write, write_ptr=65 if write else 0)
+        + char_device(
+            connected=1, send_tokens=2**32 - 1, write_size=write, write_ptr=65 if write else 0
+        )
         + pack("BIIIB", 1, 8, 1, 100, 0)  # 33 started, 34 chunk header complete, 46 done 0
         + pack("II", partial, 65 + write if partial else 0)  # 47 partial_len, 51 ptr
         + pack("IBIB", 0, 0, 0, 0)  # 55..64
-        + bytes(write)
+        + vdi_fill(write)
         + bytes(partial)
     )
 
@@ -507,9 +509,11 @@ def test_main_body_limits() -> None:
     slack = CONNECTED_READ_SLACK
     assert len(_main_with(MAIN_MAX_BODY - 65 - slack, 0)) == MAIN_MAX_BODY - slack
     native.decode(ChannelType.MAIN, _main_with(MAIN_MAX_BODY - 65 - slack, 0))
-    refuse(ChannelType.MAIN, _main_with(MAIN_MAX_BODY - 65 - slack + 1, 0), SchemaViolation)
+    over = refuse(ChannelType.MAIN, _main_with(MAIN_MAX_BODY - 65 - slack + 1, 0), SchemaViolation)
+    assert "receive buffer" in over
     native.decode(ChannelType.MAIN, _main_with(MAIN_MAX_BODY - 65 - slack - 1, 1))
-    refuse(ChannelType.MAIN, _main_with(MAIN_MAX_BODY - 65 - slack, 1), SchemaViolation)
+    over = refuse(ChannelType.MAIN, _main_with(MAIN_MAX_BODY - 65 - slack, 1), SchemaViolation)
+    assert "receive buffer" in over
     refuse(ChannelType.MAIN, _main_with(MAIN_MAX_BODY - 65, 1), TooLarge)
     refuse(ChannelType.MAIN, _main_with(MAIN_MAX_BODY - 65 - 20, 20), SchemaViolation)
     native.decode(ChannelType.MAIN, _main_with(0, 19))

@@ -12,6 +12,7 @@ import struct
 import pytest
 from hypothesis import given
 
+import schemas
 from gateway import native
 from schemas import (
     ChannelType,
@@ -100,11 +101,15 @@ def test_encode_defaults_to_the_models_first_channel(item: tuple[ChannelType, St
 @budget(60)
 @given(state=states(ChannelType.USBREDIR))
 def test_spicevmc_family_shares_one_layout(state: StateModel) -> None:
-    payloads = {native.encode(state, c) for c in SpicevmcState.channel_types}
+    family = (ChannelType.USBREDIR, *SpicevmcState.channel_types)
+    payloads = {native.encode(state, c) for c in family}
     assert len(payloads) == 1
     (data,) = payloads
-    for channel in SpicevmcState.channel_types:
-        assert native.decode(channel, data) == state
+    for channel in family:
+        decoded = native.decode(channel, data)
+        # One layout, one model per channel: usbredir's adds the packet rules.
+        assert type(decoded) is schemas.model_for(channel, 1)
+        assert decoded.model_dump() == state.model_dump()
 
 
 def _display(surfaces: SurfacesLossless | SurfacesLossy) -> DisplayState:

@@ -34,7 +34,22 @@ from schemas import (
     StateModel,
     SurfacesLossless,
     SurfacesLossy,
+    UsbredirState,
 )
+from schemas.streams import vdi_chunk
+
+
+def vdi_fill(size: int) -> bytes:
+    """``size`` bytes of whole VDI chunks from spice-server itself (port 2: no client token)."""
+    out = b""
+    while size:
+        # A chunk is 9 to 8 + 2048 bytes; never leave a remainder too short for one.
+        take = min(size, 8 + 2048)
+        if 0 < size - take < 9:
+            take = size - 9
+        out += vdi_chunk(2, bytes(take - 8))
+        size -= take
+    return out
 
 
 def pack(fmt: str, *values: int) -> bytes:
@@ -570,8 +585,11 @@ def spicevmc(write: bytes, tokens: int) -> bytes:
     )
 
 
-def spicevmc_state(write: bytes, tokens: int) -> SpicevmcState:
-    return SpicevmcState(
+def spicevmc_state(
+    write: bytes, tokens: int, channel: ChannelType = ChannelType.PORT
+) -> SpicevmcState:
+    model = UsbredirState if channel is ChannelType.USBREDIR else SpicevmcState
+    return model(
         device=CharDeviceState(
             connected=True,
             num_client_tokens=NO_FLOW_CONTROL,
@@ -583,15 +601,16 @@ def spicevmc_state(write: bytes, tokens: int) -> SpicevmcState:
     )
 
 
-# Bytes of the usbredir stream: a packet header (type, length, id) and its 4 data bytes.
-USBREDIR_WRITE = pack("III", 9, 4, 17) + b"\x00\x01\x02\x03"
+# Bytes of the usbredir stream for the guest: a packet header (type 103 interrupt_packet,
+# length, 64-bit id), its type header (endpoint 0x81 IN, status, length 4) and the 4 data bytes.
+USBREDIR_WRITE = pack("IIQ", 103, 8, 17) + pack("BBH", 0x81, 0, 4) + b"\x00\x01\x02\x03"
 PORT_WRITE = b"serial console line\r\n"
 # A webdav mux frame as spice-gtk writes it: client id (i64), length (u16), data.
 WEBDAV_WRITE = pack("qH", 1, 16) + b"GET / HTTP/1.1\r\n"
 
 for _channel in (ChannelType.USBREDIR, ChannelType.PORT, ChannelType.WEBDAV):
     _name = _channel.name.lower()
-    _add(f"{_name}-idle", _channel, spicevmc(b"", 0), spicevmc_state(b"", 0))
+    _add(f"{_name}-idle", _channel, spicevmc(b"", 0), spicevmc_state(b"", 0, _channel))
 for _channel, _write, _tokens in (
     (ChannelType.USBREDIR, USBREDIR_WRITE, 1),
     (ChannelType.PORT, PORT_WRITE, 2),
@@ -601,7 +620,7 @@ for _channel, _write, _tokens in (
         f"{_channel.name.lower()}-full",
         _channel,
         spicevmc(_write, _tokens),
-        spicevmc_state(_write, _tokens),
+        spicevmc_state(_write, _tokens, _channel),
     )
 
 

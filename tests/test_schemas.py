@@ -31,6 +31,7 @@ from schemas import (
     StrictModel,
     SurfacesLossless,
     SurfacesLossy,
+    UsbredirState,
     registry,
 )
 from schemas.chardev import MAX_PENDING_WRITE
@@ -40,7 +41,7 @@ from schemas.main import CONNECTED_READ_SLACK as SLACK
 from schemas.main import MAIN_MAX_BODY
 from schemas.smartcard import MAX_VSC_LENGTH
 from tests.strategies import budget, channel_states
-from tests.test_native_vectors import vector, vsc
+from tests.test_native_vectors import vdi_fill, vector, vsc
 
 U32_MAX = 2**32 - 1
 U64_MAX = 2**64 - 1
@@ -65,7 +66,13 @@ READ_IDLE = AgentReadState(
     msg_filter_result=0,
 )
 READ_PARTIAL = READ_IDLE.model_copy(
-    update={"chunk_header_size": 8, "msg_header_partial_len": 2, "msg_header_partial": b"\1\0"}
+    update={
+        "chunk_header_size": 8,
+        "chunk_port": 1,
+        "chunk_size": 40,
+        "msg_header_partial_len": 2,
+        "msg_header_partial": b"\1\0",
+    }
 )
 WRITE_IDLE = AgentWriteState(msg_remaining=0, msg_filter_result=0)
 RECT = LossyRect(left=0, top=0, right=MAX_COORDINATE, bottom=MAX_COORDINATE)
@@ -143,7 +150,7 @@ def _main_body(write: int, partial: int) -> dict[str, Any]:
     """A main state whose native body is 65 + write + partial bytes."""
     return {
         "agent__write_size": write,
-        "agent__write_data": bytes(write),
+        "agent__write_data": vdi_fill(write),
         "agent__write_num_client_tokens": 0,
         "agent_to_client__msg_header_partial_len": partial,
         "agent_to_client__msg_header_partial": bytes(partial),
@@ -177,7 +184,14 @@ BOUNDS: list[Case] = [
         False,
     ),
     # agent state
-    *_int_bounds("chunk_header_size", AgentReadState, READ_IDLE, "chunk_header_size", 0, 8),
+    *_int_bounds(
+        "chunk_header_size",
+        AgentReadState,
+        READ_IDLE.model_copy(update={"chunk_port": 1}),
+        "chunk_header_size",
+        0,
+        8,
+    ),
     *_int_bounds("chunk_port", AgentReadState, READ_IDLE, "chunk_port", 0, U32_MAX),
     *_int_bounds("chunk_size", AgentReadState, READ_IDLE, "chunk_size", 0, U32_MAX),
     *_int_bounds("read.msg_remaining", AgentReadState, READ_IDLE, "msg_remaining", 0, 2**31 - 1),
@@ -564,7 +578,7 @@ EXPECTED_MODELS = {
     ChannelType.DISPLAY: DisplayState,
     ChannelType.INPUTS: InputsState,
     ChannelType.SMARTCARD: SmartcardState,
-    ChannelType.USBREDIR: SpicevmcState,
+    ChannelType.USBREDIR: UsbredirState,
     ChannelType.PORT: SpicevmcState,
     ChannelType.WEBDAV: SpicevmcState,
 }

@@ -97,6 +97,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--upstream-server-name", metavar="NAME", help="name expected in spice-server's cert"
     )
     add.add_argument(
+        "--jpeg-wan-compression",
+        choices=["auto", "never", "always"],
+        default="auto",
+        help="the VM's QEMU jpeg-wan-compression setting on this host",
+    )
+    add.add_argument(
         "--replace", action="store_true", help="replace a route of that name with other settings"
     )
     remove = ops.add_parser(
@@ -170,6 +176,8 @@ def control_request(args: argparse.Namespace) -> dict[str, Any]:
             route[key] = getattr(args, key)
     if args.upstream_tls:
         route["upstream_tls"] = True
+    if args.jpeg_wan_compression != "auto":
+        route["jpeg_wan_compression"] = args.jpeg_wan_compression
     return {"cmd": "route_add", "route": route, "replace": args.replace}
 
 

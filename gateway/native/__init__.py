@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import BadMagic
+from pydantic import ValidationError
+
+from gateway.errors import BadMagic, schema_violation
 from gateway.native import display, inputs, main, smartcard, spicevmc
 from gateway.native._layout import DEFAULT_MAX_PAYLOAD, Layout
-from schemas import ChannelType, StateModel
+from schemas import ChannelType, DisplayState, StateModel
+from schemas.display import JpegWanCompression
 
 __all__ = [
     "CHANNEL_NAMES",
@@ -55,12 +58,31 @@ def decode(channel: ChannelType | int, data: bytes | bytearray | memoryview) -> 
     return state
 
 
-def encode(state: StateModel, channel: ChannelType | int | None = None) -> bytes:
-    """The native bytes of ``state``; ``channel`` picks among the spicevmc family's names."""
+def encode(
+    state: StateModel,
+    channel: ChannelType | int | None = None,
+    *,
+    jpeg_wan_compression: JpegWanCompression | None = None,
+) -> bytes:
+    """The native bytes of ``state``; ``channel`` picks among the spicevmc family's names.
+
+    ``jpeg_wan_compression``, the target spice-server's setting, writes a display state's
+    surface list in the format that server will read (see ``DisplayState.for_target``); without
+    it the list keeps the format the source wrote.
+    """
+    if jpeg_wan_compression is not None and isinstance(state, DisplayState):
+        state = state.for_target(jpeg_wan_compression)
     if channel is None:
         channel = state.channel_types[0]
     layout = layout_for(channel)
     if not isinstance(state, layout.model):
-        raise TypeError(f"{layout.channel}: expected {layout.model.__name__}")
+        if not issubclass(layout.model, type(state)):
+            raise TypeError(f"{layout.channel}: expected {layout.model.__name__}")
+        # A family model (a spicevmc state for a usbredir channel): check it under the
+        # channel's own rules before writing it.
+        try:
+            state = layout.model.model_validate(dict(state))
+        except ValidationError as error:
+            raise schema_violation(layout.channel, error) from None
     data: bytes = layout.encode(state)
     return data

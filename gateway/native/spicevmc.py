@@ -1,7 +1,8 @@
 """The spicevmc family's payload (``SVMD``, 33-byte fixed body): usbredir, port and webdav.
 
 Tail: the pending write bytes to the guest port. The three channels share one layout; each gets
-its own name so that errors say which channel refused.
+its own name so that errors say which channel refused, and usbredir its own model (its pending
+bytes must be whole usbredir packets).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from gateway.native._layout import Layout
 from gateway.native.chardev import char_device_fields, char_device_write_block
 from schemas import ChannelType
-from schemas.spicevmc import SpicevmcState
+from schemas.spicevmc import SpicevmcState, UsbredirState
 
 __all__ = ["LAYOUTS", "decode", "encode"]
 
@@ -20,9 +21,10 @@ LAYOUTS: dict[ChannelType, Layout[SpicevmcState]] = {
         version=1,
         fields=char_device_fields("device"),
         blocks=[char_device_write_block("device")],
-        model=SpicevmcState,
+        model=model,
     )
-    for channel in SpicevmcState.channel_types
+    for model in (UsbredirState, SpicevmcState)
+    for channel in model.channel_types
 }
 
 

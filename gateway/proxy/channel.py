@@ -504,7 +504,11 @@ class ChannelHandler:
                     f"{self.channel}: the replay database failed ({type(failure).__name__}); "
                     "blob refused"
                 ) from None
-            native_payload = native.encode(opened.state, self.channel_type)
+            native_payload = native.encode(
+                opened.state,
+                self.channel_type,
+                jpeg_wan_compression=self.route.jpeg_wan_compression,
+            )
             with session.lock:
                 session.accepted.add((self.channel_type, self.channel_id))
                 done = not session.completed and session.accepted >= session.expected_channels

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.envelope import DEFAULT_CLOCK_SKEW, MAX_CLOCK_SKEW
 from gateway.errors import ConfigError, shorten
+from schemas.display import JpegWanCompression
 
 __all__ = [
     "LibvirtHook",
@@ -147,6 +148,7 @@ class Route(_Strict):
         "upstream_tls": "reload (the route is replaced)",
         "upstream_ca": "reload (the route is replaced)",
         "upstream_server_name": "reload (the route is replaced)",
+        "jpeg_wan_compression": "reload (the route is replaced)",
     }
 
     name: Annotated[str, Field(min_length=1, max_length=128)]
@@ -168,6 +170,9 @@ class Route(_Strict):
     """PEM CA bundle that signed spice-server's certificate; the system's CAs when unset."""
     upstream_server_name: str | None = None
     """Name checked in spice-server's certificate; the upstream host when unset."""
+    jpeg_wan_compression: JpegWanCompression = "auto"
+    """The upstream QEMU's ``-spice jpeg-wan-compression=`` (QEMU's default is ``auto``): the
+    target proxy writes the display surface list in the format that spice-server reads."""
 
     @field_validator("listen", "upstream")
     @classmethod

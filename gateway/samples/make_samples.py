@@ -32,7 +32,9 @@ from schemas import (
     SpicevmcState,
     StateModel,
     SurfacesLossy,
+    UsbredirState,
 )
+from schemas.streams import usbredir_packet
 
 HERE = Path(__file__).resolve().parent
 NO_FLOW_CONTROL = 0xFFFF_FFFF
@@ -128,8 +130,9 @@ def smartcard_state() -> SmartcardState:
     )
 
 
-def spicevmc_state(write: bytes, tokens: int) -> SpicevmcState:
-    return SpicevmcState(
+def spicevmc_state(write: bytes, tokens: int, usbredir: bool = False) -> SpicevmcState:
+    model = UsbredirState if usbredir else SpicevmcState
+    return model(
         device=_device(
             write, tokens=tokens, client_tokens=NO_FLOW_CONTROL, send_tokens=NO_FLOW_CONTROL
         )
@@ -138,11 +141,13 @@ def spicevmc_state(write: bytes, tokens: int) -> SpicevmcState:
 
 def samples() -> dict[str, tuple[ChannelType, StateModel]]:
     """Every sample, by channel name."""
-    usbredir = (  # two usbredir packets: header (type, length, id) and data
-        struct.pack("<III", 100, 8, 41)
-        + bytes(range(8))
-        + struct.pack("<III", 101, 4, 42)
-        + b"\x80\x06\x00\x01"
+    descriptor = bytes.fromhex("12010002000000409a0b0100000101020301")
+    bulk_in = b"usb mass storage read\n" * 3
+    usbredir = (  # the answer to GET_DESCRIPTOR(device) and a bulk IN transfer, for the guest
+        usbredir_packet(
+            100, struct.pack("<BBBBHHH", 0x80, 6, 0x80, 0, 0x0100, 0, 18), descriptor, 41
+        )
+        + usbredir_packet(101, struct.pack("<BBHIH", 0x81, 0, len(bulk_in), 0, 0), bulk_in, 42)
     )
     port = b"guest-agent> status\r\nguest-agent> uptime\r\n"
     webdav = struct.pack("<qH", 1, 38) + b"PROPFIND /Documents HTTP/1.1\r\nDepth: 1"
@@ -151,7 +156,7 @@ def samples() -> dict[str, tuple[ChannelType, StateModel]]:
         "display": (ChannelType.DISPLAY, display_state()),
         "inputs": (ChannelType.INPUTS, InputsState(motion_count=3)),
         "smartcard": (ChannelType.SMARTCARD, smartcard_state()),
-        "usbredir": (ChannelType.USBREDIR, spicevmc_state(usbredir, 2)),
+        "usbredir": (ChannelType.USBREDIR, spicevmc_state(usbredir, 2, usbredir=True)),
         "port": (ChannelType.PORT, spicevmc_state(port, 2)),
         "webdav": (ChannelType.WEBDAV, spicevmc_state(webdav, 1)),
     }

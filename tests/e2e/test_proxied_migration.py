@@ -29,7 +29,13 @@ import pytest
 
 from gateway.envelope import read_header
 from gateway.errors import GatewayError
-from gateway.spice import ChannelType, Direction, Migrate, MigrateSwitchHost
+from gateway.spice import (
+    ChannelType,
+    Direction,
+    Migrate,
+    MigrateConnectedSeamless,
+    MigrateSwitchHost,
+)
 
 from .proxies import (
     SOURCE_HOST,
@@ -248,6 +254,15 @@ def migrate(deployment: Deployment) -> None:
     with rig.timed(f"{deployment.prefix}client_linked_to_destination"):
         source.client_migrate_info(LOCALHOST, deployment.target_port)
         wait_client_ready_for_migration(deployment.client, destination)
+        # The surest witness the topology offers: the relay in front of the source spice-server
+        # forwarded MIGRATE_CONNECTED_SEAMLESS. Through two proxies and a loaded machine the
+        # client's own "migrating" can come well before it, and a migration that finishes first
+        # falls back to switch-host with no migration data.
+        deployment.legs["source-server"].wait_for(
+            lambda relay: True if relay.messages(MigrateConnectedSeamless) else None,
+            15.0,
+            "MIGRATE_CONNECTED_SEAMLESS reaching the source spice-server",
+        )
     deployment.migrate_started_at = time.monotonic()
     with rig.timed(f"{deployment.prefix}migration"):
         source.migrate(destination.incoming_uri)

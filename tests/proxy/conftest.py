@@ -324,6 +324,7 @@ class Proxies:
         peer_link: bool = True,
         target_settings: Mapping[str, Any] | None = None,
         metrics: tuple[int, int] | None = None,
+        target_route: Mapping[str, Any] | None = None,
     ) -> tuple[str, str, dict[str, tuple[int, int]]]:
         """TOML of both hosts for ``vms`` (name -> vm id, source upstream, target upstream);
         also the listen ports picked for each VM (source, target).
@@ -356,6 +357,7 @@ class Proxies:
                         "upstream": f"{host}:{port}",
                         "vm_id": str(vm_id),
                         **tls_keys,
+                        **((target_route or {}) if side else {}),
                     }
                 )
             return tables
@@ -403,6 +405,7 @@ class Proxies:
         peer_link: bool = True,
         target_settings: Mapping[str, Any] | None = None,
         metrics: tuple[int, int] | None = None,
+        target_route: Mapping[str, Any] | None = None,
     ) -> AsyncIterator[Rig]:
         """Scripted servers, then both proxies in this event loop; all torn down after."""
         servers: list[ScriptedServer] = []
@@ -429,6 +432,7 @@ class Proxies:
                 peer_link=peer_link,
                 target_settings=target_settings,
                 metrics=metrics,
+                target_route=target_route,
             )
             source_config = parse_config(source_text.encode(), "source config")
             target_config = parse_config(target_text.encode(), "target config")

@@ -73,6 +73,7 @@ from schemas import (
     SpicevmcState,
     StateModel,
     SurfacesLossless,
+    UsbredirState,
 )
 
 __all__ = [
@@ -508,7 +509,7 @@ def _model_payloads() -> dict[ChannelType, StateModel]:
         ChannelType.SMARTCARD: SmartcardState(
             device=idle, reader_added=False, read_size=0, read_data=b""
         ),
-        ChannelType.USBREDIR: SpicevmcState(device=vmc),
+        ChannelType.USBREDIR: UsbredirState(device=vmc),
         ChannelType.PORT: SpicevmcState(device=vmc),
         ChannelType.WEBDAV: SpicevmcState(device=vmc),
     }

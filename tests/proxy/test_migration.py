@@ -7,6 +7,7 @@ the source spice-server sent; everything else must cross both proxies unchanged.
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 
@@ -14,7 +15,17 @@ from gateway import native
 from gateway.envelope import MAGIC, read_header
 from gateway.proxy import channel as channel_module
 from gateway.spice.constants import ChannelType, HeaderKind, Msgc
-from schemas import CharDeviceState, SpicevmcState
+from schemas import (
+    CharDeviceState,
+    DisplayState,
+    GlzDictionary,
+    LossyRect,
+    LossySurface,
+    SurfacesLossless,
+    SurfacesLossy,
+    UsbredirState,
+)
+from schemas.streams import usbredir_packet
 
 from .conftest import SOURCE_HOST, TARGET_HOST, LogRecords, Proxies, Rig
 from .peers import (
@@ -159,14 +170,18 @@ async def test_stop_lets_a_migration_in_flight_finish(proxies: Proxies, logs: Lo
 async def test_large_pending_device_data_migrates(proxies: Proxies, logs: LogRecords) -> None:
     """A usbredir channel with 300 KB still to write to the guest: sealed off the event loop,
     and larger than one read on every leg."""
-    pending = bytes(range(256)) * 1200
-    state = SpicevmcState(
+    data = bytes(range(256)) * 240  # 60 KiB of bulk IN data per packet, five packets
+    pending = b"".join(
+        usbredir_packet(101, struct.pack("<BBHIH", 0x81, 0, len(data), 0, 0), data, i)
+        for i in range(5)
+    )
+    state = UsbredirState(
         device=CharDeviceState(
             connected=True,
             num_client_tokens=0xFFFF_FFFF,
             num_send_tokens=0xFFFF_FFFF,
             write_size=len(pending),
-            write_num_client_tokens=40,
+            write_num_client_tokens=5,
             write_data=pending,
         )
     )
@@ -178,3 +193,51 @@ async def test_large_pending_device_data_migrates(proxies: Proxies, logs: LogRec
         assert_only_sealed(blobs, rig)
         assert pending not in blobs[(ChannelType.USBREDIR, 0)]
         assert logs.audit("migration_accepted")[0]["channels"] == len(ALL_CHANNELS)
+
+
+@pytest.mark.parametrize(
+    ("setting", "low_bandwidth", "read_as"),
+    [("auto", False, "lossless"), ("auto", True, "lossy"), ("never", True, "lossless")],
+)
+async def test_target_writes_the_surface_list_its_server_reads(
+    proxies: Proxies, setting: str, low_bandwidth: bool, read_as: str
+) -> None:
+    """A source with jpeg-wan-compression=always writes a lossy list whatever low_bandwidth
+    says; the target proxy hands its spice-server the list in the format it will read."""
+    source_state = DisplayState(
+        message_serial=5,
+        low_bandwidth=low_bandwidth,
+        pixmap_cache_id=1,
+        pixmap_cache_size=1 << 20,
+        pixmap_cache_freezer=False,
+        pixmap_cache_clients=(0, 0, 0, 0),
+        glz_dict_id=1,
+        glz_dict=GlzDictionary(window_size=1 << 20, max_encoders=4, last_image_id=3),
+        surfaces=SurfacesLossy(
+            surfaces=(
+                LossySurface(id=0, lossy_rect=LossyRect(left=0, top=0, right=720, bottom=400)),
+                LossySurface(id=1, lossy_rect=LossyRect(left=0, top=0, right=0, bottom=0)),
+            )
+        ),
+    )
+    async with proxies.pair(target_route={"jpeg_wan_compression": setting}) as rig:
+        rig.payloads[ChannelType.DISPLAY] = native.encode(source_state, ChannelType.DISPLAY)
+        session = rig.session(0x5E55_4001)
+        await session.link_source()
+        await session.begin_migration()
+        display = (ChannelType.DISPLAY, 0)
+        await session.migrate_channel(display, rig.payloads[ChannelType.DISPLAY])
+        server = session.leg(display).server_target
+        assert server is not None
+        body = (await server.expect(Msgc.MIGRATE_DATA)).body
+        delivered = native.decode(ChannelType.DISPLAY, body)
+        assert isinstance(delivered, DisplayState)
+        assert delivered.surfaces.kind == read_as
+        if read_as == "lossless":
+            assert delivered.surfaces == SurfacesLossless(ids=(0, 1))
+            assert len(body) == 84 + 2 * 4
+        else:
+            assert body == rig.payloads[ChannelType.DISPLAY]
+        assert delivered.model_dump(exclude={"surfaces"}) == source_state.model_dump(
+            exclude={"surfaces"}
+        )

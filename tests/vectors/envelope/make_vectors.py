@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from schemas import DisplayState, InputsState, MainState, SpicevmcState, StateModel
+from schemas import DisplayState, InputsState, MainState, StateModel, UsbredirState
 from tests.vectors.envelope import reference
 
 HERE = Path(__file__).parent
@@ -26,9 +26,10 @@ def _state_cases() -> list[tuple[str, str, StateModel, dict[str, Any]]]:
         "connected": True,
         "num_client_tokens": 5,
         "num_send_tokens": 7,
-        "write_size": 12,
-        "write_num_client_tokens": 2,
-        "write_data": b"usb\x00packet\xff\x01",
+        # One usbredir packet for the guest: device_disconnect (type 2, no type header).
+        "write_size": 16,
+        "write_num_client_tokens": 1,
+        "write_data": b"\x02\x00\x00\x00\x00\x00\x00\x00\x07\x00\x00\x00\x00\x00\x00\x00",
     }
     return [
         (
@@ -68,7 +69,7 @@ def _state_cases() -> list[tuple[str, str, StateModel, dict[str, Any]]]:
         (
             "usbredir",
             "A usbredir state with pending bytes (msgpack bin) and non-ASCII host ids.",
-            SpicevmcState.model_validate({"device": device}),
+            UsbredirState.model_validate({"device": device}),
             {"channel_type": 9, "channel_id": 2, "direction": 1, "source_host": "hôte-source",
              "target_host": "hôte-cible"},
         ),
