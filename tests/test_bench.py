@@ -43,3 +43,39 @@ def test_proxy_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
     if shutil.which("socat"):
         assert "socat -b256k" in out
         assert "added round trip <= 1.5 x plain socat's" in out
+
+
+def test_scale_bench_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert load("scale").main(["--tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "CORRECTNESS" not in out
+    for section in (
+        "Sidecar: 4 sessions x 4 channels",
+        "memory per session",
+        "event-loop lag, streaming",
+        "active sessions",
+        "memory per idle session <= 64 KiB",
+        "Evacuation storm: 3 VMs x 6 channels (18 blobs)",
+        "2 replays refused with nothing forwarded",
+        "storm CPU on the target <= 1 s",
+        "critical path p99 <= 50 ms",
+    ):
+        assert section in out, section
+
+
+def test_scale_bench_fails_loudly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy that forwarded something else makes the run fail, not just print figures."""
+    scale = load("scale")
+    check_storm = scale.check_storm
+
+    def wrong(sessions: list[object], payloads: dict[object, bytes], *, sealed: bool) -> None:
+        if sealed:  # as if the target server had received the source's payloads swapped
+            first, second = list(payloads)[:2]
+            payloads = {**payloads, first: payloads[second], second: payloads[first]}
+        check_storm(sessions, payloads, sealed=sealed)
+
+    monkeypatch.setattr(scale, "check_storm", wrong)
+    assert scale.main(["--sessions", "0", "--vms", "1", "--replays", "0"]) == 1
+    assert "CORRECTNESS: " in capsys.readouterr().out
