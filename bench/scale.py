@@ -40,6 +40,7 @@ import contextlib
 import cProfile
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -287,14 +288,16 @@ async def gather_bounded(coroutines: Iterable[Coroutine[Any, Any, T]], limit: in
 
 
 def listen_addresses(count: int) -> list[tuple[str, int]]:
-    """``count`` distinct free ports on 127.0.0.1 (all held until all are found)."""
+    """``count`` distinct free ports, all held until all are found, on a loopback address of
+    their own: outgoing connections of other programs take ports on 127.0.0.1 meanwhile."""
+    host = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.1"
     sockets = []
     try:
         for _ in range(count):
             sock = socket.socket()
             sockets.append(sock)
-            sock.bind(("127.0.0.1", 0))
-        return [("127.0.0.1", int(sock.getsockname()[1])) for sock in sockets]
+            sock.bind((host, 0))
+        return [(host, int(sock.getsockname()[1])) for sock in sockets]
     finally:
         for sock in sockets:
             sock.close()
