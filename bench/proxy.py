@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import math
 import os
 import random
@@ -57,9 +58,10 @@ from pathlib import Path
 # The scripted peers of the proxy tests drive the migration run.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import gateway
 from gateway import native
 from gateway.envelope import ANY_MIGRATION, Context, ExpectedContext, Verified, seal, verify
-from gateway.keys import Keyring, save_keyring
+from gateway.keys import Keyring, load_keyring, save_keyring
 from gateway.replay import ReplayGuard
 from gateway.service.control import request
 from gateway.service.logs import audit, configure_logging
@@ -651,6 +653,145 @@ def channel_steps(
     return {name: timed(action, runs) for name, action in actions.items()}
 
 
+# --- the first migration in a fresh process -------------------------------------------------------
+
+COLD_SOURCE_STEPS = ("frame in", "native decode+validate", "seal", "reframe out", "audit record")
+COLD_TARGET_STEPS = (
+    "frame in",
+    "verify",
+    "thread hop (to_thread)",
+    "replay commit",
+    "native encode",
+    "reframe out",
+    "audit record",
+)
+
+
+def sample_payload(channel: ChannelType) -> bytes:
+    """The bundled sample of ``channel``, read without building any model (which would warm up
+    the validators this part measures cold)."""
+    return (Path(gateway.__file__).parent / "samples" / f"{channel.name.lower()}.bin").read_bytes()
+
+
+class Laps:
+    """Seconds between consecutive calls, by the name of the step each call ends."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self.clock = time.perf_counter()
+
+    def start(self) -> None:
+        self.clock = time.perf_counter()
+
+    def __call__(self, step: str) -> None:
+        now = time.perf_counter()
+        self.times[step] = now - self.clock
+        self.clock = now
+
+
+def cold_side(side: str, folder: Path) -> dict[str, dict[str, float]]:
+    """In a fresh process: each step of one migration, six channels in order, timed the first
+    time it runs, as a proxy process runs it the first time after starting."""
+    keyring = load_keyring(folder / "keyring.json")
+    ids = json.loads((folder / "ids.json").read_text())
+    vm, migration = uuid.UUID(ids["vm"]), uuid.UUID(ids["migration"])
+    with open(os.devnull, "w") as null:
+        configure_logging("info", stream=null)
+        result: dict[str, dict[str, float]] = {}
+        guard = ReplayGuard(folder / f"cold-{side}.sqlite") if side == "target" else None
+        # One loop for the whole run, as in the proxy: its thread pool starts with no thread.
+        loop = asyncio.new_event_loop()
+        for channel, _ in SIX_CHANNELS:
+            name = channel.name.lower()
+            spice = linked_connection(channel)
+            lap = Laps()
+
+            if side == "source":
+                payload = sample_payload(channel)
+                raw = MINI.pack(Msg.MIGRATE_DATA, len(payload)) + payload
+                lap.start()
+                message = only_message(spice.receive_from_server(raw))
+                lap("frame in")
+                state = native.decode(channel, payload)
+                lap("native decode+validate")
+                context = Context(
+                    channel, 0, vm, migration, SOURCE_HOST, TARGET_HOST, type(state).schema_version
+                )
+                blob = seal(state, context, keyring)
+                lap("seal")
+                reframe(message, blob)
+                lap("reframe out")
+                audit("blob_sealed", f"sealed {name}:0", route="vm", vm=str(vm), channel=name)
+                lap("audit record")
+            else:
+                assert guard is not None
+                blob = (folder / f"blob-{name}.bin").read_bytes()
+                raw = MINI.pack(Msgc.MIGRATE_DATA, len(blob)) + blob
+                lap.start()
+                message = only_message(spice.receive_from_client(raw))
+                lap("frame in")
+                expected = ExpectedContext(
+                    channel, 0, vm, ANY_MIGRATION, frozenset({SOURCE_HOST}), TARGET_HOST, 1
+                )
+                verified = verify(blob, expected, keyring)
+                lap("verify")
+                loop.run_until_complete(asyncio.to_thread(int))
+                lap("thread hop (to_thread)")
+                opened = verified.consume(guard)
+                lap("replay commit")
+                payload = native.encode(opened.state, channel)
+                lap("native encode")
+                reframe(message, payload)
+                lap("reframe out")
+                audit("blob_accepted", f"accepted {name}:0", route="vm", vm=str(vm), channel=name)
+                lap("audit record")
+            result[name] = lap.times
+        if guard is not None:
+            guard.close()
+        loop.close()
+        configure_logging("warning", stream=sys.stderr)
+    return result
+
+
+def cold_steps(folder: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """The first migration's steps, source and target each in a fresh process of its own."""
+    folder.mkdir(exist_ok=True)
+    keyring = Keyring.create()
+    save_keyring(keyring, folder / "keyring.json")
+    vm, migration = uuid.uuid4(), uuid.uuid4()
+    (folder / "ids.json").write_text(json.dumps({"vm": str(vm), "migration": str(migration)}))
+    for channel, _ in SIX_CHANNELS:
+        state = native.decode(channel, sample_payload(channel))
+        context = Context(
+            channel, 0, vm, migration, SOURCE_HOST, TARGET_HOST, type(state).schema_version
+        )
+        (folder / f"blob-{channel.name.lower()}.bin").write_bytes(seal(state, context, keyring))
+    result = {}
+    for side in ("source", "target"):
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--cold", side, str(folder)],
+            check=True,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+        result[side] = json.loads(out.stdout)
+    return result
+
+
+def print_cold(cold: dict[str, dict[str, dict[str, float]]]) -> None:
+    print("\nThe first migration in a fresh process (each step's first run), microseconds")
+    names = [channel.name.lower() for channel, _ in SIX_CHANNELS]
+    print(f"{'step':<38}" + "".join(f" {n[:9]:>9}" for n in names) + f" {'six':>9}")
+    for side, steps in (("source", COLD_SOURCE_STEPS), ("target", COLD_TARGET_STEPS)):
+        total = 0.0
+        for step in steps:
+            values = [cold[side][n][step] for n in names]
+            total += sum(values)
+            line = f"{side + ': ' + step:<38}" + "".join(f" {v * 1e6:>9.0f}" for v in values)
+            print(line + f" {sum(values) * 1e6:>9.0f}")
+        print(f"{side + ': sum, six channels':<38} {total * 1e6:>9.0f}")
+
+
 def commit(verified: Verified, guard: ReplayGuard, barrier: threading.Barrier) -> None:
     barrier.wait()
     verified.consume(guard)
@@ -750,7 +891,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="run the proxies under cProfile and write their profiles (.prof) to DIR",
     )
+    parser.add_argument("--cold", nargs=2, metavar=("SIDE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.cold:
+        print(json.dumps(cold_side(args.cold[0], Path(args.cold[1]))))
+        return 0
     scale = 1 / 256 if args.tiny else 1 / 4 if args.quick else 1
     mixed_total = int((256 << 20) * scale)
     small_total = int((32 << 20) * scale)
@@ -818,6 +963,7 @@ def main(argv: list[str] | None = None) -> int:
             path = asyncio.run(migration_bench(folder, keyring, migrations, memory, profile))
             steps = step_breakdown(folder, step_runs)
             group = concurrent_commits(folder, max(3, step_runs // 20))
+            cold = cold_steps(folder / "cold")
     finally:
         if memory is not None:
             shutil.rmtree(memory, ignore_errors=True)
@@ -885,6 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     added = statistics.median(p.total for p in path["two proxies"]) - direct
     print_breakdown(steps, group, added)
+    print_cold(cold)
 
     print("\nGoals of the issue (reported, not asserted)")
     for name, ratio in ratios.items():
