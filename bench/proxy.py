@@ -24,7 +24,11 @@ What is measured
   framing in, native decode and validation, seal, reframing out, the audit record; target:
   framing in, verify, the durable replay commit, native encode, reframing out, the audit
   record, the hop to the commit thread), timed alone in this process with the same public
-  functions, per channel and summed over the six, beside the measured added critical path.
+  functions, per channel and summed over the six, beside the measured added critical path and
+  the CPU time each proxy process spent over it. Then the same steps of one migration in a
+  fresh process, each timed on its first run: what a proxy pays the first time after it
+  started (lazy initialisation, thread start-up), as in the end-to-end rig, where each test
+  starts its proxies.
 
 Goals of the issue (reported, not asserted): throughput at least socat -b 262144's on the
 mixed and display streams and half of it on the small one; an added round trip at most 1.5
