@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,8 +63,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gateway
+from bench.envelope import bench_concurrent_guard
 from gateway import native
-from gateway.envelope import ANY_MIGRATION, Context, ExpectedContext, Verified, seal, verify
+from gateway.envelope import ANY_MIGRATION, Context, ExpectedContext, seal, verify
 from gateway.keys import Keyring, load_keyring, save_keyring
 from gateway.replay import ReplayGuard
 from gateway.service.control import request
@@ -297,10 +298,13 @@ class Host:
 def write_config(
     host: Host,
     keyring: Path,
-    routes: list[tuple[str, tuple[str, int], uuid.UUID, int]],
-    peer: tuple[str, list[tuple[str, int]]] | None,
+    routes: Sequence[tuple[str, tuple[str, int], uuid.UUID, tuple[str, int]]],
+    peer: tuple[str, Sequence[tuple[str, int]]] | None,
     replay_db: Path | None = None,
+    **limits: int,
 ) -> Path:
+    """A proxy config: ``routes`` as (name, upstream, VM id, listen address), ``peer`` as (host
+    id, addresses), ``limits`` beyond a short shutdown grace."""
     lines = [
         f'host_id = "{host.host_id}"',
         f'keyring = "{keyring}"',
@@ -308,21 +312,36 @@ def write_config(
         f'control_socket = "{host.control}"',
         "[limits]",
         "shutdown_grace = 1.0",
+        *(f"{name} = {value}" for name, value in limits.items()),
     ]
     if peer is not None:
         addresses = ", ".join(f'"{h}:{p}"' for h, p in peer[1])
         lines += ["[[peers]]", f'host_id = "{peer[0]}"', f"addresses = [{addresses}]"]
-    for name, upstream, vm_id, port in routes:
+    for name, upstream, vm_id, listen in routes:
         lines += [
             "[[routes]]",
             f'name = "{name}"',
-            f'listen = "127.0.0.1:{port}"',
+            f'listen = "{listen[0]}:{listen[1]}"',
             f'upstream = "{upstream[0]}:{upstream[1]}"',
             f'vm_id = "{vm_id}"',
         ]
     path = host.folder / "proxy.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def wait_healthy(host: Host, process: subprocess.Popen[bytes]) -> None:
+    """Until the proxy answers on its control socket; RuntimeError if it exited first."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"proxy exited: {(host.folder / 'proxy.log').read_text()}")
+        with contextlib.suppress(OSError, ValueError):
+            if request(host.control, {"cmd": "health"}, timeout=1).get("ok"):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError("proxy did not start")
+        time.sleep(0.05)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -358,16 +377,7 @@ def gateway_proxy(host: Host, config: Path, profile: Path | None = None) -> Iter
         stderr=log,
     )
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"proxy exited: {(host.folder / 'proxy.log').read_text()}")
-            with contextlib.suppress(OSError, ValueError):
-                if request(host.control, {"cmd": "health"}, timeout=1).get("ok"):
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("proxy did not start")
-            time.sleep(0.05)
+        wait_healthy(host, process)
         yield process.pid
     finally:
         process.terminate()
@@ -489,14 +499,14 @@ async def migration_bench(
             source_config = write_config(
                 source_host,
                 keyring,
-                [("vm", source_server.address, vm, ports[0])],
+                [("vm", source_server.address, vm, ("127.0.0.1", ports[0]))],
                 ("target-host", [("127.0.0.1", ports[1])]),
                 replay_dir / f"source-{round_}.sqlite",
             )
             target_config = write_config(
                 target_host,
                 keyring,
-                [("vm", target_server.address, vm, ports[1])],
+                [("vm", target_server.address, vm, ("127.0.0.1", ports[1]))],
                 ("source-host", [("127.0.0.1", ports[0])]),
                 replay_dir / f"target-{round_}.sqlite",
             )
@@ -527,15 +537,6 @@ async def migration_bench(
 # --- where the switch-over's time goes ----------------------------------------------------------
 
 SOURCE_HOST, TARGET_HOST = "source-host", "target-host"
-SOURCE_STEPS = ("frame in", "native decode+validate", "seal", "reframe out", "audit record")
-TARGET_STEPS = (
-    "frame in",
-    "verify",
-    "replay commit (alone)",
-    "native encode",
-    "reframe out",
-    "audit record",
-)
 
 
 def linked_connection(channel: ChannelType) -> SpiceConnection:
@@ -796,44 +797,6 @@ def print_cold(cold: dict[str, dict[str, dict[str, float]]]) -> None:
         print(f"{side + ': sum, six channels':<38} {total * 1e6:>9.0f}")
 
 
-def commit(verified: Verified, guard: ReplayGuard, barrier: threading.Barrier) -> None:
-    barrier.wait()
-    verified.consume(guard)
-
-
-def concurrent_commits(folder: Path, rounds: int) -> float:
-    """Median seconds for six blobs committed at once from six threads (a migration's
-    channels on the target), which the guard groups into fewer fsyncs."""
-    keyring = Keyring.create()
-    state = native.decode(ChannelType.INPUTS, native_payloads()[ChannelType.INPUTS])
-    context = Context(
-        ChannelType.INPUTS,
-        0,
-        uuid.uuid4(),
-        uuid.uuid4(),
-        SOURCE_HOST,
-        TARGET_HOST,
-        type(state).schema_version,
-    )
-    expected = ExpectedContext.of(context, sources=frozenset({SOURCE_HOST}))
-    times = []
-    with ReplayGuard(folder / "group.sqlite") as guard:
-        for _ in range(rounds):
-            batch = [verify(seal(state, context, keyring), expected, keyring) for _ in range(6)]
-            barrier = threading.Barrier(7)
-            threads = [
-                threading.Thread(target=commit, args=(v, guard, barrier)) for v in batch
-            ]
-            for thread in threads:
-                thread.start()
-            barrier.wait()
-            start = time.perf_counter()
-            for thread in threads:
-                thread.join()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def print_breakdown(
     steps: dict[str, dict[ChannelType, float]], group: float, added: float | None
 ) -> None:
@@ -935,7 +898,8 @@ def main(argv: list[str] | None = None) -> int:
             host = Host("bench-host", folder / "bench")
             host.folder.mkdir()
             port = free_port()
-            config = write_config(host, keyring, [("vm", server.address, uuid.uuid4(), port)], None)
+            route = ("vm", server.address, uuid.uuid4(), ("127.0.0.1", port))
+            config = write_config(host, keyring, [route], None)
             with contextlib.ExitStack() as stack:
                 relays = {"direct": server.address}
                 if have_socat:
@@ -966,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
             server.close()
             path = asyncio.run(migration_bench(folder, keyring, migrations, memory, profile))
             steps = step_breakdown(folder, step_runs)
-            group = concurrent_commits(folder, max(3, step_runs // 20))
+            group, _ = bench_concurrent_guard(folder, quick=args.tiny or args.quick)
             cold = cold_steps(folder / "cold")
     finally:
         if memory is not None:

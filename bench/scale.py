@@ -63,6 +63,8 @@ from bench.proxy import (
     cpu_seconds,
     display_stream,
     quantile,
+    wait_healthy,
+    write_config,
 )
 from gateway.keys import Keyring, save_keyring
 from gateway.service.control import request
@@ -200,42 +202,6 @@ class Proxy:
         return [lag for at, lag in self.lag if start <= at <= end]
 
 
-def write_config(
-    host: Host,
-    keyring: Path,
-    routes: Sequence[tuple[str, tuple[str, int], uuid.UUID, tuple[str, int]]],
-    peer: tuple[str, Sequence[tuple[str, int]]] | None,
-    max_connections: int,
-    max_buffered: int | None = None,
-    replay_dir: Path | None = None,
-) -> Path:
-    lines = [
-        f'host_id = "{host.host_id}"',
-        f'keyring = "{keyring}"',
-        f'replay_db = "{(replay_dir or host.folder) / f"{host.host_id}.sqlite"}"',
-        f'control_socket = "{host.control}"',
-        "[limits]",
-        "shutdown_grace = 1.0",
-        f"max_connections = {max_connections}",
-    ]
-    if max_buffered is not None:
-        lines.append(f"max_buffered_bytes = {max_buffered}")
-    if peer is not None:
-        addresses = ", ".join(f'"{h}:{p}"' for h, p in peer[1])
-        lines += ["[[peers]]", f'host_id = "{peer[0]}"', f"addresses = [{addresses}]"]
-    for name, upstream, vm_id, listen in routes:
-        lines += [
-            "[[routes]]",
-            f'name = "{name}"',
-            f'listen = "{listen[0]}:{listen[1]}"',
-            f'upstream = "{upstream[0]}:{upstream[1]}"',
-            f'vm_id = "{vm_id}"',
-        ]
-    path = host.folder / "proxy.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 @contextlib.asynccontextmanager
 async def proxy_process(
     host: Host, config: Path, profile: Path | None = None
@@ -256,16 +222,7 @@ async def proxy_process(
     )
     proxy = Proxy(host, process, lag_file)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"proxy exited: {(host.folder / 'proxy.log').read_text()}")
-            with contextlib.suppress(OSError, ValueError):
-                if request(host.control, {"cmd": "health"}, timeout=1).get("ok"):
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError("proxy did not start")
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(wait_healthy, host, process)
         yield proxy
     finally:
         process.send_signal(signal.SIGTERM)
@@ -377,9 +334,10 @@ async def sidecar(
     host.folder.mkdir()
     listens = listen_addresses(sessions)
     routes = [(f"vm{i}", server.address, uuid.uuid4(), listens[i]) for i in range(sessions)]
-    config = write_config(
-        host, keyring, routes, None, sessions * len(channels) + 16, max_buffered
-    )
+    limits = {"max_connections": sessions * len(channels) + 16}
+    if max_buffered is not None:
+        limits["max_buffered_bytes"] = max_buffered
+    config = write_config(host, keyring, routes, None, None, **limits)
     stream, _ = display_stream(4 << 20, "display", seed=11)
     ends: list[Endpoint] = []
     main_lock = asyncio.Lock()
@@ -636,8 +594,8 @@ async def storm(
                 for i in range(vms)
             ],
             (hosts[other].host_id, listens[other][:MAX_PEER_ADDRESSES]),
-            vms * 7 + 16,
-            replay_dir=replay_dir,
+            replay_dir / f"{side}.sqlite" if replay_dir else None,
+            max_connections=vms * 7 + 16,
         )
 
     def session(i: int, first_id: int, proxied: bool) -> ClientSession:
