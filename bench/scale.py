@@ -9,7 +9,8 @@ What is measured
 * **Sidecar**: one proxy with one route per session (a VM each), ``--sessions`` client sessions
   of ``--channels`` channels each (main, display, inputs, cursor by default) linked through it.
   Half the sessions stay idle; on the other half the server streams display-like traffic (data
-  messages log-uniform 64 B..64 KiB, as fast as the client reads) for ``--seconds``. Figures:
+  messages log-uniform 64 B..64 KiB; as fast as the client reads, or at ``--rate`` MB/s) for
+  ``--seconds``. Figures:
   the proxy's resident memory per session (idle, then with half of them streaming), its event
   loop's lag (a probe in the proxy process sleeps 10 ms at a time and records how late it
   wakes; p99 and max) while idle and while streaming, and the throughput per active session.
@@ -279,29 +280,38 @@ class SidecarFigures:
     seconds: float
     active_bytes: list[int]
     link_seconds: float
+    rate: float
 
 
 class Stream:
-    """One active display channel: the server end sends ``data`` over and over; the client end
-    reads and checks every byte against it."""
+    """One active display channel: the server end sends ``data`` over and over (at most
+    ``rate`` bytes a second, if given); the client end reads and checks every byte."""
 
-    def __init__(self, server: Endpoint, client: Endpoint, data: bytes) -> None:
+    def __init__(self, server: Endpoint, client: Endpoint, data: bytes, rate: float = 0) -> None:
         self.server = server
         self.client = client
         self.data = data
         self.doubled = memoryview(data + data)
+        self.rate = rate
         self.received = 0
         self.stop = False
 
     async def send(self) -> None:
         view = memoryview(self.data)
+        step = 1 << 16 if self.rate else 1 << 18
+        sent, began = 0, time.monotonic()
         with contextlib.suppress(ConnectionError):
             while not self.stop:
-                for start in range(0, len(view), 1 << 18):
-                    self.server.writer.write(view[start : start + (1 << 18)])
+                for start in range(0, len(view), step):
+                    self.server.writer.write(view[start : start + step])
                     await self.server.writer.drain()
                     if self.stop:
                         return
+                    if self.rate:
+                        sent += len(view[start : start + step])
+                        ahead = sent / self.rate - (time.monotonic() - began)
+                        if ahead > 0:
+                            await asyncio.sleep(ahead)
 
     async def receive(self) -> None:
         size = len(self.data)
@@ -328,6 +338,7 @@ async def sidecar(
     seconds: float,
     max_buffered: int | None,
     profile: Path | None = None,
+    rate: float = 0,
 ) -> SidecarFigures:
     server = await ScriptedServer("sidecar").start()
     host = Host("sidecar-host", folder / "sidecar")
@@ -385,7 +396,9 @@ async def sidecar(
             idle_end = time.monotonic()
             idle_rss = proxy.rss()
 
-            streams = [Stream(pair[0], pair[1], stream) for pair in linked if pair is not None]
+            streams = [
+                Stream(pair[0], pair[1], stream, rate) for pair in linked if pair is not None
+            ]
             tasks = [asyncio.create_task(s.send()) for s in streams]
             tasks += [asyncio.create_task(s.receive()) for s in streams]
             await asyncio.sleep(1.0)  # ramp up
@@ -419,6 +432,7 @@ async def sidecar(
             seconds=streaming_end - streaming_start,
             active_bytes=[b - a for a, b in zip(before, after, strict=True)],
             link_seconds=link_seconds,
+            rate=rate,
         )
     finally:
         for end in ends:
@@ -724,6 +738,8 @@ def report_sidecar(f: SidecarFigures) -> None:
     print(lag_line("event-loop lag, streaming:", f.streaming_lag))
     if active:
         rates = sorted(b / f.seconds for b in f.active_bytes)
+        limit = f"at most {f.rate / 1e6:g} MB/s each" if f.rate else "as fast as they could"
+        print(f"  the active sessions' servers sent {limit}")
         print(
             f"  {active} active sessions for {f.seconds:.1f} s: {total / f.seconds / 1e6:.1f} MB/s "
             f"in all; per session median {statistics.median(rates) / 1e6:.2f} MB/s, "
@@ -787,6 +803,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, default=10.0, help="streaming time")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        metavar="MB/S",
+        help="what each active session's server sends, at most (default: as fast as it can)",
+    )
+    parser.add_argument(
         "--max-buffered",
         type=int,
         metavar="BYTES",
@@ -839,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.seconds,
                         args.max_buffered,
                         args.profile,
+                        args.rate * 1e6,
                     )
                 )
                 if args.sessions
