@@ -281,6 +281,8 @@ class SidecarFigures:
     active_bytes: list[int]
     link_seconds: float
     rate: float
+    #: The proxy's CPU seconds over the streaming window.
+    streaming_cpu: float
 
 
 class Stream:
@@ -405,9 +407,11 @@ async def sidecar(
             if profile is not None:
                 proxy.profiling(True)
             before = [s.received for s in streams]
+            cpu_before = proxy.cpu()
             streaming_start = time.monotonic()
             done, _ = await asyncio.wait(tasks, timeout=seconds, return_when="FIRST_EXCEPTION")
             streaming_end = time.monotonic()
+            streaming_cpu = proxy.cpu() - cpu_before
             after = [s.received for s in streams]
             if profile is not None:
                 proxy.profiling(False)
@@ -433,6 +437,7 @@ async def sidecar(
             active_bytes=[b - a for a, b in zip(before, after, strict=True)],
             link_seconds=link_seconds,
             rate=rate,
+            streaming_cpu=streaming_cpu,
         )
     finally:
         for end in ends:
@@ -744,6 +749,11 @@ def report_sidecar(f: SidecarFigures) -> None:
             f"  {active} active sessions for {f.seconds:.1f} s: {total / f.seconds / 1e6:.1f} MB/s "
             f"in all; per session median {statistics.median(rates) / 1e6:.2f} MB/s, "
             f"min {rates[0] / 1e6:.2f}, max {rates[-1] / 1e6:.2f}"
+        )
+        print(
+            f"  proxy CPU while streaming: {f.streaming_cpu:.2f} s in {f.seconds:.1f} s "
+            f"({f.streaming_cpu / f.seconds:.0%} of one core), "
+            f"{f.streaming_cpu / max(total, 1) * 1e9:.2f} ms per MB"
         )
     verdict = "met" if per_idle <= 64 * 1024 else "missed"
     print(f"  {verdict:<6} memory per idle session <= 64 KiB: {per_idle / 1024:.1f} KiB")
