@@ -699,3 +699,12 @@ def test_arbitrary_bytes_after_a_valid_prefix(
         assert data.startswith(raw_of(events, direction))
         return
     assert raw_of(events, direction) + data[len(data) - conn.buffered(direction) :] == data
+
+
+def test_a_linked_connection_stays_small() -> None:
+    """A proxy holds one connection object per channel, thousands at once: no per-instance
+    dict, and nothing per instance that grows with the number of parser stages."""
+    conn = linked(ChannelType.DISPLAY)
+    assert not hasattr(conn, "__dict__")
+    with pytest.raises(AttributeError):
+        conn.unexpected = 1  # type: ignore[attr-defined]

@@ -185,6 +185,23 @@ class SpiceConnection:
     direction); larger messages are refused when their header arrives.
     """
 
+    # A proxy holds one of these per channel connection, thousands per process: no instance
+    # dict, and the parser's steps are looked up in one table shared by every instance.
+    __slots__ = (
+        "_buffers",
+        "_channel_type",
+        "_error",
+        "_kind",
+        "_link_size",
+        "_migration_types",
+        "_stage",
+        "_type_and_size",
+        "link_mess",
+        "link_reply",
+        "link_result",
+        "max_message_size",
+    )
+
     def __init__(self, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         if not 0 <= max_message_size <= 0xFFFF_FFFF:
             raise ConfigError(f"max_message_size {max_message_size} is outside [0, 2**32 - 1]")
@@ -201,17 +218,6 @@ class SpiceConnection:
         self._kind = HeaderKind.MINI
         self._type_and_size = _MINI.unpack_from
         self._migration_types: dict[Direction, frozenset[int]] = {}
-        self._steps: dict[_Stage, Callable[[Direction, _Buffer], Event | None]] = {
-            _Stage.WAIT: self._step_wait,
-            _Stage.LINK_HEADER: self._step_link_header,
-            _Stage.LINK_MESS: self._step_link_mess,
-            _Stage.LINK_REPLY: self._step_link_reply,
-            _Stage.AUTH_MECHANISM: self._step_auth_mechanism,
-            _Stage.TICKET: self._step_ticket,
-            _Stage.LINK_RESULT: self._step_link_result,
-            _Stage.DATA: self._step_data,
-            _Stage.CLOSED: self._step_closed,
-        }
 
     # --- public -----------------------------------------------------------------------------
 
@@ -265,7 +271,7 @@ class SpiceConnection:
         while True:
             stage, start = self._stage[direction], buf.consumed
             try:
-                event = self._steps[stage](direction, buf)
+                event = _STEPS[stage](self, direction, buf)
             except ProtocolError as exc:
                 self._error = f"{self._where(direction, stage, start)}: {exc}"
                 raise ProtocolError(self._error) from None
@@ -450,3 +456,17 @@ class SpiceConnection:
         except ProtocolError as exc:
             raise ProtocolError(f"message type {msg_type}: {exc}") from None
         return Message(direction, raw, kind, msg_type, serial, sub_list, migration)
+
+
+#: What each stage of a direction's parser does with that direction's buffer.
+_STEPS: dict[_Stage, Callable[[SpiceConnection, Direction, _Buffer], Event | None]] = {
+    _Stage.WAIT: SpiceConnection._step_wait,
+    _Stage.LINK_HEADER: SpiceConnection._step_link_header,
+    _Stage.LINK_MESS: SpiceConnection._step_link_mess,
+    _Stage.LINK_REPLY: SpiceConnection._step_link_reply,
+    _Stage.AUTH_MECHANISM: SpiceConnection._step_auth_mechanism,
+    _Stage.TICKET: SpiceConnection._step_ticket,
+    _Stage.LINK_RESULT: SpiceConnection._step_link_result,
+    _Stage.DATA: SpiceConnection._step_data,
+    _Stage.CLOSED: SpiceConnection._step_closed,
+}
