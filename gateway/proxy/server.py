@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.envelope import Policy
 from gateway.errors import ConfigError, GatewayError
+from gateway.identity import HostIdentity, IdentityFiles, TrustStore
 from gateway.keys import Keyring, KeyringFile
 from gateway.proxy.channel import AWAITED, ChannelHandler, ProxyState
 from gateway.proxy.config import ProxyConfig, Route, parse_address
@@ -247,6 +248,11 @@ class ProxyServer:
     ) -> None:
         self.config = config
         self.keyring_file = keyring_file or KeyringFile(config.keyring)
+        self.identity_files = (
+            IdentityFiles(config.identity, config.trust_store, config.host_id)
+            if config.identity is not None and config.trust_store is not None
+            else None
+        )
         self.replay_guard = ReplayGuard(config.replay_db)
         self.metrics = Metrics()
         self.state = ProxyState(
@@ -260,6 +266,7 @@ class ProxyServer:
                 max_blob_size=config.limits.max_message_size + ENVELOPE_SLACK,
             ),
             clock=clock,
+            identity=self._identity if self.identity_files is not None else None,
         )
         self.state.announcer = make_announcer(config, self.state)
         self.peer_link = PeerLinkServer(config, self.state) if config.peer_listen else None
@@ -275,6 +282,10 @@ class ProxyServer:
 
     def _keyring(self) -> Keyring:
         return self.keyring_file.keyring
+
+    def _identity(self) -> tuple[HostIdentity, TrustStore]:
+        assert self.identity_files is not None
+        return self.identity_files.pair
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -343,7 +354,8 @@ class ProxyServer:
         return {"keys": self.reload()}
 
     def reload(self) -> int:
-        """Re-read the keyring (SIGHUP); on failure the keys in use stay in use."""
+        """Re-read the keyring, and the identity and trust store when configured (SIGHUP);
+        on failure the keys in use stay in use (each file set independently)."""
         try:
             keyring = self.keyring_file.reload()
         except GatewayError as error:
@@ -355,6 +367,23 @@ class ProxyServer:
             )
             raise
         log(logging.INFO, "keyring reloaded", keys=len(keyring))
+        if self.identity_files is not None:
+            try:
+                identity, trust = self.identity_files.reload()
+            except GatewayError as error:
+                log(
+                    logging.ERROR,
+                    "identity reload failed; keeping the current identity and trust store",
+                    error=type(error).__name__,
+                    detail=str(error),
+                )
+                raise
+            log(
+                logging.INFO,
+                "identity reloaded",
+                identity=identity.active.key_id.hex(),
+                trusted=len(trust.hosts),
+            )
         return len(keyring)
 
     async def serve_forever(self) -> None:
@@ -445,7 +474,7 @@ class ProxyServer:
 async def run_proxy(
     config: ProxyConfig, *, ready: Callable[[ProxyServer], None] | None = None
 ) -> None:
-    """Run until SIGTERM or SIGINT; SIGHUP reloads the keyring."""
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the keyring and the identity files."""
     proxy = ProxyServer(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
