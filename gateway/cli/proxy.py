@@ -22,7 +22,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Listen where SPICE clients connect, forward to spice-server, seal migration data "
             "leaving this host and open migration data arriving here. SIGTERM stops it after "
             "in-flight migrations finish (bounded by limits.shutdown_grace); SIGHUP reloads "
-            "the keyring, and the host identity and trust store when configured. Logs are JSON lines on stderr."
+            "the keyring, and the host identity and trust store when configured. Logs are "
+            "JSON lines on stderr."
         ),
     )
     proxy.add_argument("--config", required=True, metavar="FILE", help="the proxy's TOML config")
