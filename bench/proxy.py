@@ -18,6 +18,13 @@ What is measured
   Direct (server -> client -> server) and through a source proxy and a target proxy (seal on
   the way out, open with a durable replay-guard commit on the way in).
 
+* With ``--suite identity``, the migration is measured with the peer link configured (the
+  source announces each attempt before the client learns where to go): through two proxies
+  under the shared keyring, and under the identity suite (a signed hybrid-KEM handshake per
+  attempt, then every blob sealed with the attempt key). Beside the critical path it reports
+  the begin phase (MIGRATE_BEGIN_SEAMLESS until every channel is linked to the target), which
+  holds the announcement and so the handshake, off the critical path.
+
 Goals (reported, not asserted): proxy throughput at least half of socat's; at most 1 ms added
 to the migration's critical path.
 """
@@ -266,18 +273,22 @@ def write_config(
     routes: list[tuple[str, tuple[str, int], uuid.UUID, int]],
     peer: tuple[str, list[tuple[str, int]]] | None,
     replay_db: Path | None = None,
+    settings: tuple[list[str], list[str]] = ([], []),
 ) -> Path:
+    """``settings``: more top-level lines, and more lines of the peer's table."""
     lines = [
         f'host_id = "{host.host_id}"',
         f'keyring = "{keyring}"',
         f'replay_db = "{replay_db or host.folder / "replay.sqlite"}"',
         f'control_socket = "{host.control}"',
+        *settings[0],
         "[limits]",
         "shutdown_grace = 1.0",
     ]
     if peer is not None:
         addresses = ", ".join(f'"{h}:{p}"' for h, p in peer[1])
         lines += ["[[peers]]", f'host_id = "{peer[0]}"', f"addresses = [{addresses}]"]
+        lines += settings[1]
     for name, upstream, vm_id, port in routes:
         lines += [
             "[[routes]]",
@@ -331,11 +342,17 @@ def gateway_proxy(host: Host, config: Path) -> Iterator[int]:
 
 
 async def critical_path(
-    session: ClientSession, payloads: dict[ChannelType, bytes]
+    session: ClientSession,
+    payloads: dict[ChannelType, bytes],
+    begins: list[float] | None = None,
 ) -> float:
-    """Seconds from the first MIGRATE_DATA leaving the source to the last reaching the target."""
+    """Seconds from the first MIGRATE_DATA leaving the source to the last reaching the target
+    (and the begin phase's, appended to ``begins``)."""
     await session.link_source()
+    begin = time.perf_counter()
     await session.begin_migration()
+    if begins is not None:
+        begins.append(time.perf_counter() - begin)
     for legs in session.legs.values():
         await legs.server_source.send_message(Migrate(MigrateFlags(3)))
         await legs.client_source.expect(Migrate.MSG_TYPE)
@@ -439,6 +456,99 @@ async def migration_bench(
         await target_server.close()
 
 
+async def suite_bench(folder: Path, keyring: Path, count: int) -> dict[str, list[float]]:
+    """Direct, then two proxies with the peer link under the shared keyring and under the
+    identity suite; each run's begin phase and critical path (keys "<name>" and
+    "<name> begin")."""
+    from gateway.identity import HostIdentity, TrustStore, save_identity, save_trust_store
+
+    source_server = await ScriptedServer("source").start()
+    target_server = await ScriptedServer("target").start()
+    identities = {h: HostIdentity.create(h) for h in ("source-host", "target-host")}
+    results: dict[str, list[float]] = {}
+    try:
+        results["direct"], results["direct begin"] = await timed_runs(
+            count, source_server, target_server, source_server.address, target_server.address, 1
+        )
+        for round_, suite in enumerate(("shared-key", "identity"), start=1):
+            ports = free_port(), free_port()
+            links = free_port(), free_port()
+            vm = uuid.uuid4()
+            configs = []
+            hosts = (("source-host", "target-host"), ("target-host", "source-host"))
+            for side, (me, other) in enumerate(hosts):
+                host = Host(me, folder / f"suite-{round_}-{me}")
+                host.folder.mkdir()
+                top = [f'peer_listen = "127.0.0.1:{links[side]}"']
+                if suite == "identity":
+                    save_identity(identities[me], host.folder / "identity.json")
+                    store, _ = TrustStore().with_peer(identities[other].public)
+                    save_trust_store(store, host.folder / "trust.json")
+                    top += [
+                        f'identity = "{host.folder / "identity.json"}"',
+                        f'trust_store = "{host.folder / "trust.json"}"',
+                    ]
+                upstream = (source_server, target_server)[side].address
+                configs.append(
+                    (
+                        host,
+                        write_config(
+                            host,
+                            keyring,
+                            [("vm", upstream, vm, ports[side])],
+                            (other, [("127.0.0.1", ports[1 - side])]),
+                            settings=(
+                                top,
+                                [
+                                    f'peer_address = "127.0.0.1:{links[1 - side]}"',
+                                    f'suite = "{suite}"',
+                                ],
+                            ),
+                        ),
+                    )
+                )
+            name = f"two proxies, {suite}, peer link"
+            with gateway_proxy(*configs[0]), gateway_proxy(*configs[1]):
+                results[name], results[f"{name} begin"] = await timed_runs(
+                    count,
+                    source_server,
+                    target_server,
+                    ("127.0.0.1", ports[0]),
+                    ("127.0.0.1", ports[1]),
+                    50_000 * round_,
+                )
+        return results
+    finally:
+        await source_server.close()
+        await target_server.close()
+
+
+async def timed_runs(
+    count: int,
+    source_server: ScriptedServer,
+    target_server: ScriptedServer,
+    source: tuple[str, int],
+    target: tuple[str, int],
+    first_session: int,
+) -> tuple[list[float], list[float]]:
+    """Critical paths, and begin phases (MIGRATE_BEGIN_SEAMLESS from the source server until
+    the client linked every channel to the target), of ``count`` migrations."""
+    payloads = native_payloads()
+    paths: list[float] = []
+    begins: list[float] = []
+    for index in range(count):
+        session = ClientSession(
+            session_id=first_session + index,
+            source=source,
+            target=target,
+            source_server=source_server,
+            target_server=target_server,
+            channels=SIX_CHANNELS,
+        )
+        paths.append(await critical_path(session, payloads, begins))
+    return paths, begins
+
+
 # --- report -------------------------------------------------------------------------------------
 
 
@@ -453,6 +563,11 @@ def memory_folder() -> Path | None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller streams, fewer runs")
+    parser.add_argument(
+        "--suite",
+        choices=["identity"],
+        help="measure the migration with the peer link, shared keyring beside identity suite",
+    )
     args = parser.parse_args()
     mixed_total = (64 if args.quick else 256) << 20
     small_total = (8 if args.quick else 32) << 20
@@ -506,7 +621,10 @@ def main() -> int:
                 for relay, address in relays.items():
                     latency[relay] = round_trips(address, pings)
             server.close()
-            path = asyncio.run(migration_bench(folder, keyring, migrations, memory))
+            if args.suite == "identity":
+                path = asyncio.run(suite_bench(folder, keyring, migrations))
+            else:
+                path = asyncio.run(migration_bench(folder, keyring, migrations, memory))
     finally:
         if memory is not None:
             shutil.rmtree(memory, ignore_errors=True)
@@ -545,7 +663,16 @@ def main() -> int:
     print(f"\nMigration critical path, six channels ({migrations} runs), milliseconds")
     print(f"{'path':<34} {'median':>8} {'p90':>8} {'max':>8} {'added':>8}")
     direct = statistics.median(path["direct"])
+    if args.suite == "identity":
+        print("(begin: MIGRATE_BEGIN_SEAMLESS until every channel is linked to the target; it")
+        print(" holds the announcement over the peer link and, in the identity suite, the")
+        print(" handshake. Off the critical path.)")
+        for name in [n for n in path if n.endswith(" begin")]:
+            path[name.removesuffix(" begin") + ": begin"] = path.pop(name)
+        path["two proxies"] = path["two proxies, shared-key, peer link"]
     for name, times in path.items():
+        if name == "two proxies" and args.suite == "identity":
+            continue
         p90 = statistics.quantiles(times, n=10)[8]
         median = statistics.median(times)
         print(
@@ -561,6 +688,10 @@ def main() -> int:
         print(f"  {verdict:<6} throughput >= 0.5 x socat: worst stream {worst:.2f} x")
     verdict = "met" if added <= 1e-3 else "missed"
     print(f"  {verdict:<6} critical path added <= 1 ms: {added * 1e3:.2f} ms (median)")
+    if args.suite == "identity":
+        added = statistics.median(path["two proxies, identity, peer link"]) - direct
+        verdict = "met" if added <= 1e-3 else "missed"
+        print(f"  {verdict:<6} identity suite critical path added <= 1 ms: {added * 1e3:.2f} ms")
     return 0
 
 
