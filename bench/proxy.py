@@ -83,6 +83,7 @@ SIX_CHANNELS = tuple(
     )
 )
 TIMEOUT = 30.0
+SUITES = ("shared-key", "identity")
 
 
 # --- blocking SPICE peers for throughput and latency ---------------------------------------------
@@ -457,9 +458,10 @@ async def migration_bench(
 
 
 async def suite_bench(folder: Path, keyring: Path, count: int) -> dict[str, list[float]]:
-    """Direct, then two proxies with the peer link under the shared keyring and under the
-    identity suite; each run's begin phase and critical path (keys "<name>" and
-    "<name> begin")."""
+    """Direct, then two proxies with the peer link under the shared keyring and two under the
+    identity suite, all four running at once and the runs alternating between the suites (so
+    the machine's load drifts alike for both); each run's begin phase and critical path (keys
+    "<name>" and "<name> begin")."""
     from gateway.identity import HostIdentity, TrustStore, save_identity, save_trust_store
 
     source_server = await ScriptedServer("source").start()
@@ -470,53 +472,49 @@ async def suite_bench(folder: Path, keyring: Path, count: int) -> dict[str, list
         results["direct"], results["direct begin"] = await timed_runs(
             count, source_server, target_server, source_server.address, target_server.address, 1
         )
-        for round_, suite in enumerate(("shared-key", "identity"), start=1):
-            ports = free_port(), free_port()
-            links = free_port(), free_port()
-            vm = uuid.uuid4()
-            configs = []
-            hosts = (("source-host", "target-host"), ("target-host", "source-host"))
-            for side, (me, other) in enumerate(hosts):
-                host = Host(me, folder / f"suite-{round_}-{me}")
-                host.folder.mkdir()
-                top = [f'peer_listen = "127.0.0.1:{links[side]}"']
-                if suite == "identity":
-                    save_identity(identities[me], host.folder / "identity.json")
-                    store, _ = TrustStore().with_peer(identities[other].public)
-                    save_trust_store(store, host.folder / "trust.json")
-                    top += [
-                        f'identity = "{host.folder / "identity.json"}"',
-                        f'trust_store = "{host.folder / "trust.json"}"',
-                    ]
-                upstream = (source_server, target_server)[side].address
-                configs.append(
-                    (
+        with contextlib.ExitStack() as stack:
+            addresses = {}
+            for round_, suite in enumerate(SUITES, start=1):
+                ports = free_port(), free_port()
+                links = free_port(), free_port()
+                vm = uuid.uuid4()
+                hosts = (("source-host", "target-host"), ("target-host", "source-host"))
+                for side, (me, other) in enumerate(hosts):
+                    host = Host(me, folder / f"suite-{round_}-{me}")
+                    host.folder.mkdir()
+                    top = [f'peer_listen = "127.0.0.1:{links[side]}"']
+                    if suite == "identity":
+                        save_identity(identities[me], host.folder / "identity.json")
+                        store, _ = TrustStore().with_peer(identities[other].public)
+                        save_trust_store(store, host.folder / "trust.json")
+                        top += [
+                            f'identity = "{host.folder / "identity.json"}"',
+                            f'trust_store = "{host.folder / "trust.json"}"',
+                        ]
+                    config = write_config(
                         host,
-                        write_config(
-                            host,
-                            keyring,
-                            [("vm", upstream, vm, ports[side])],
-                            (other, [("127.0.0.1", ports[1 - side])]),
-                            settings=(
-                                top,
-                                [
-                                    f'peer_address = "127.0.0.1:{links[1 - side]}"',
-                                    f'suite = "{suite}"',
-                                ],
-                            ),
+                        keyring,
+                        [("vm", (source_server, target_server)[side].address, vm, ports[side])],
+                        (other, [("127.0.0.1", ports[1 - side])]),
+                        settings=(
+                            top,
+                            [f'peer_address = "127.0.0.1:{links[1 - side]}"', f'suite = "{suite}"'],
                         ),
                     )
-                )
-            name = f"two proxies, {suite}, peer link"
-            with gateway_proxy(*configs[0]), gateway_proxy(*configs[1]):
-                results[name], results[f"{name} begin"] = await timed_runs(
-                    count,
-                    source_server,
-                    target_server,
-                    ("127.0.0.1", ports[0]),
-                    ("127.0.0.1", ports[1]),
-                    50_000 * round_,
-                )
+                    stack.enter_context(gateway_proxy(host, config))
+                addresses[f"two proxies, {suite}, peer link"] = ports
+            for index in range(count):
+                for round_, (name, ports) in enumerate(addresses.items(), start=1):
+                    path, begin = await timed_runs(
+                        1,
+                        source_server,
+                        target_server,
+                        ("127.0.0.1", ports[0]),
+                        ("127.0.0.1", ports[1]),
+                        50_000 * round_ + index,
+                    )
+                    results.setdefault(name, []).extend(path)
+                    results.setdefault(f"{name} begin", []).extend(begin)
         return results
     finally:
         await source_server.close()
@@ -661,7 +659,7 @@ def main() -> int:
         print(f"{relay:<10} {median * 1e6:>8.0f} {p99 * 1e6:>8.0f} {(median - base) * 1e6:>15.0f}")
 
     print(f"\nMigration critical path, six channels ({migrations} runs), milliseconds")
-    print(f"{'path':<34} {'median':>8} {'p90':>8} {'max':>8} {'added':>8}")
+    print(f"{'path':<44} {'median':>8} {'p90':>8} {'max':>8} {'added':>8}")
     direct = statistics.median(path["direct"])
     if args.suite == "identity":
         print("(begin: MIGRATE_BEGIN_SEAMLESS until every channel is linked to the target; it")
@@ -675,9 +673,10 @@ def main() -> int:
             continue
         p90 = statistics.quantiles(times, n=10)[8]
         median = statistics.median(times)
+        base = statistics.median(path["direct: begin"]) if name.endswith(": begin") else direct
         print(
-            f"{name:<34} {median * 1e3:>8.2f} {p90 * 1e3:>8.2f} {max(times) * 1e3:>8.2f} "
-            f"{(median - direct) * 1e3:>8.2f}"
+            f"{name:<44} {median * 1e3:>8.2f} {p90 * 1e3:>8.2f} {max(times) * 1e3:>8.2f} "
+            f"{(median - base) * 1e3:>8.2f}"
         )
     added = statistics.median(path["two proxies"]) - direct
 
