@@ -387,6 +387,7 @@ async def migration_runs(
     source: tuple[str, int],
     target: tuple[str, int],
     first_session: int,
+    begins: list[float] | None = None,
 ) -> list[float]:
     payloads = native_payloads()
     times = []
@@ -399,7 +400,7 @@ async def migration_runs(
             target_server=target_server,
             channels=SIX_CHANNELS,
         )
-        times.append(await critical_path(session, payloads))
+        times.append(await critical_path(session, payloads, begins))
     return times
 
 
@@ -469,8 +470,15 @@ async def suite_bench(folder: Path, keyring: Path, count: int) -> dict[str, list
     identities = {h: HostIdentity.create(h) for h in ("source-host", "target-host")}
     results: dict[str, list[float]] = {}
     try:
-        results["direct"], results["direct begin"] = await timed_runs(
-            count, source_server, target_server, source_server.address, target_server.address, 1
+        results["direct begin"] = []
+        results["direct"] = await migration_runs(
+            count,
+            source_server,
+            target_server,
+            source_server.address,
+            target_server.address,
+            1,
+            results["direct begin"],
         )
         with contextlib.ExitStack() as stack:
             addresses = {}
@@ -505,46 +513,21 @@ async def suite_bench(folder: Path, keyring: Path, count: int) -> dict[str, list
                 addresses[f"two proxies, {suite}, peer link"] = ports
             for index in range(count):
                 for round_, (name, ports) in enumerate(addresses.items(), start=1):
-                    path, begin = await timed_runs(
-                        1,
-                        source_server,
-                        target_server,
-                        ("127.0.0.1", ports[0]),
-                        ("127.0.0.1", ports[1]),
-                        50_000 * round_ + index,
+                    results.setdefault(name, []).extend(
+                        await migration_runs(
+                            1,
+                            source_server,
+                            target_server,
+                            ("127.0.0.1", ports[0]),
+                            ("127.0.0.1", ports[1]),
+                            50_000 * round_ + index,
+                            results.setdefault(f"{name} begin", []),
+                        )
                     )
-                    results.setdefault(name, []).extend(path)
-                    results.setdefault(f"{name} begin", []).extend(begin)
         return results
     finally:
         await source_server.close()
         await target_server.close()
-
-
-async def timed_runs(
-    count: int,
-    source_server: ScriptedServer,
-    target_server: ScriptedServer,
-    source: tuple[str, int],
-    target: tuple[str, int],
-    first_session: int,
-) -> tuple[list[float], list[float]]:
-    """Critical paths, and begin phases (MIGRATE_BEGIN_SEAMLESS from the source server until
-    the client linked every channel to the target), of ``count`` migrations."""
-    payloads = native_payloads()
-    paths: list[float] = []
-    begins: list[float] = []
-    for index in range(count):
-        session = ClientSession(
-            session_id=first_session + index,
-            source=source,
-            target=target,
-            source_server=source_server,
-            target_server=target_server,
-            channels=SIX_CHANNELS,
-        )
-        paths.append(await critical_path(session, payloads, begins))
-    return paths, begins
 
 
 # --- report -------------------------------------------------------------------------------------

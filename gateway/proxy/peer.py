@@ -2,7 +2,10 @@
 
 Both ends are thin loops around :mod:`gateway.peerlink`: one TCP connection per migration
 attempt, opened by the source when the main channel sends ``MIGRATE_BEGIN_SEAMLESS`` and held
-until the target's verdict (bounded by ``limits.peer_timeout``).
+until the target's verdict (bounded by ``limits.peer_timeout``). For a peer with
+``suite = "identity"`` the exchange also agrees the attempt's key (the handshake's public-key
+work runs in worker threads); the target records it with the attempt, the source keeps it in
+the session for sealing.
 """
 
 from __future__ import annotations
@@ -104,7 +107,11 @@ class PeerLinkServer:
         )
         # The identity suite's hello (a signature, an ephemeral key pair) and its check of
         # the offer are kept off the event loop: other sessions' switch-overs run there.
-        link = await asyncio.to_thread(make) if identity is not None else make()
+        try:
+            link = await asyncio.to_thread(make) if identity is not None else make()
+        except GatewayError as error:  # this host's own identity cannot sign a hello
+            log(logging.ERROR, "peer link cannot answer", error=type(error).__name__, peer=peer)
+            return
         writer.write(link.start())
         await writer.drain()
         try:

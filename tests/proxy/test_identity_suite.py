@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,7 +43,7 @@ from gateway.spice.messages import Migrate, MigrateFlushMark
 
 from .conftest import SOURCE_HOST, TARGET_HOST, LogRecords, Proxies, Rig
 from .peers import ALL_CHANNELS, ClientSession
-from .test_attempts import abandoned_attempt, assert_refused, exchange
+from .test_attempts import Answer, abandoned_attempt, assert_refused, exchange
 from .test_migration import assert_only_sealed, migrate_session
 from .test_tamper import assert_outcome, migrate, prepare
 
@@ -70,9 +70,10 @@ def offer_from(
     claimed_source: str | None = None,
     migration: uuid.UUID | None = None,
     keep: list[AttemptKey] | None = None,
-) -> Callable[[bytes], bytes]:
-    """The answer of a source gateway holding ``signer``'s identity (and trusting the target),
-    announcing ``claimed_source`` as the source."""
+    identity: HostIdentity | None = None,
+) -> Answer:
+    """The answer of a source gateway holding ``signer``'s identity (or ``identity``) and
+    trusting the target, announcing ``claimed_source`` as the source."""
 
     def answer(challenge: bytes) -> bytes:
         link = SourceLink(
@@ -83,7 +84,10 @@ def offer_from(
             migration_id=migration or uuid.uuid4(),
             channels=ALL_CHANNELS,
             now=rig.target_proxy.state.clock(),
-            identity=identity_pair(proxies, signer, [TARGET_HOST]),
+            identity=(
+                identity or proxies.identity(signer),
+                identity_pair(proxies, signer, [TARGET_HOST])[1],
+            ),
         )
         (event,) = link.receive(challenge)
         assert isinstance(event, ChallengeAnswered)
@@ -93,6 +97,17 @@ def offer_from(
         return event.data
 
     return answer
+
+
+def recording(answer: Answer) -> tuple[list[bytes], Answer]:
+    """``answer``, keeping every frame it gives in the returned list."""
+    frames: list[bytes] = []
+
+    def record(challenge: bytes) -> bytes:
+        frames.append(answer(challenge))
+        return frames[-1]
+
+    return frames, record
 
 
 def refused_announcement(rig: Rig, logs: LogRecords, verdict: peerlink.Verdict, error: str) -> None:
@@ -187,26 +202,8 @@ async def test_a_third_host_cannot_sign_with_an_identity_of_its_own_making(
 ) -> None:
     """An identity named after the source, made by the third host: not the one trusted."""
     async with proxies.pair(suite="identity", target_peers=[THIRD_HOST]) as rig:
-        proxies.identities["fake"] = HostIdentity.create(SOURCE_HOST)
-
-        def answer(challenge: bytes) -> bytes:
-            link = SourceLink(
-                host_id=SOURCE_HOST,
-                target_host=TARGET_HOST,
-                keyring=None,
-                vm_id=rig.vm.vm_id,
-                migration_id=uuid.uuid4(),
-                channels=ALL_CHANNELS,
-                now=rig.target_proxy.state.clock(),
-                identity=(
-                    proxies.identities["fake"],
-                    identity_pair(proxies, THIRD_HOST, [TARGET_HOST])[1],
-                ),
-            )
-            (event,) = link.receive(challenge)
-            assert isinstance(event, ChallengeAnswered)
-            return event.data
-
+        fake = HostIdentity.create(SOURCE_HOST)
+        answer = offer_from(proxies, rig, THIRD_HOST, claimed_source=SOURCE_HOST, identity=fake)
         verdict = await exchange(rig, answer)
         refused_announcement(rig, logs, verdict, "UnknownKey")
 
@@ -320,13 +317,7 @@ async def test_a_recorded_offer_is_refused_on_another_connection(
     proxies: Proxies, logs: LogRecords
 ) -> None:
     async with proxies.pair(suite="identity") as rig:
-        recorded: list[bytes] = []
-        honest = offer_from(proxies, rig, SOURCE_HOST)
-
-        def record(challenge: bytes) -> bytes:
-            recorded.append(honest(challenge))
-            return recorded[-1]
-
+        recorded, record = recording(offer_from(proxies, rig, SOURCE_HOST))
         assert (await exchange(rig, record)).accepted
         first = rig.target_proxy.state.attempts.current(rig.vm.vm_id)
         logs.records.clear()
@@ -401,13 +392,8 @@ async def test_a_signature_or_encapsulation_moved_from_another_offer_is_refused(
     proxies: Proxies, logs: LogRecords
 ) -> None:
     async with proxies.pair(suite="identity") as rig:
-        donors: list[bytes] = []
         honest = offer_from(proxies, rig, SOURCE_HOST)
-
-        def record(challenge: bytes) -> bytes:
-            donors.append(honest(challenge))
-            return donors[-1]
-
+        donors, record = recording(honest)
         assert (await exchange(rig, record)).accepted
         donor = peerlink.decode_announcement(donors[0]).suite_data
         # The offer ends with the encapsulation, then the signature.
