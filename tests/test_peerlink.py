@@ -467,3 +467,22 @@ def test_identity_suite_known_answers() -> None:
     security = (Path(__file__).resolve().parents[1] / "SECURITY.md").read_text()
     assert expected_key in security
     assert expected_mac in security
+
+
+def test_a_key_share_moved_into_another_hello_is_not_answered(
+    keyring: Keyring, identities: IdentityPairs
+) -> None:
+    """The challenge's hello carrying another hello's ephemeral KEM key: its signature fails."""
+    from gateway.handshake import parse_hello
+
+    first = peerlink.decode_challenge(identity_target(keyring, identities).start())
+    second = peerlink.decode_challenge(identity_target(keyring, identities).start())
+    one, two = parse_hello(first.suite_data), parse_hello(second.suite_data)
+    swapped = one.signed[: -len(one.kem_public)] + two.kem_public + one.signature
+    challenge = peerlink.encode_challenge(
+        Challenge(TARGET, first.nonce, peerlink.Suite.IDENTITY, swapped)
+    )
+    source = identity_source(identities)
+    with pytest.raises(AuthenticationFailed):
+        source.receive(challenge)
+    assert source.attempt_key is None
