@@ -44,7 +44,6 @@ import struct
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -65,13 +64,12 @@ from gateway.errors import (
     UnaccountedBytes,
     UnsupportedVersion,
 )
+from gateway.handshake import AttemptKey, PendingHello, accept, hello, offer
+from gateway.identity import HostIdentity, TrustStore
 from gateway.keys import KEY_ID_SIZE, Keyring
 
-if TYPE_CHECKING:
-    from gateway.handshake import AttemptKey, PendingHello
-    from gateway.identity import HostIdentity, TrustStore
-
-    Identity = tuple[HostIdentity, TrustStore]
+#: This host's identity and the trust store of its peers' (the identity suite).
+Identity = tuple[HostIdentity, TrustStore]
 
 __all__ = [
     "HEADER_SIZE",
@@ -484,8 +482,6 @@ class TargetLink:
                 raise ConfigError("sources that require the identity suite need an identity")
             self._challenge = encode_challenge(Challenge(host_id, nonce))
         else:
-            from gateway.handshake import hello
-
             message, self._pending = hello(identity[0], now=now, random_bytes=random_bytes)
             self._challenge = encode_challenge(
                 Challenge(host_id, nonce, Suite.IDENTITY, message)
@@ -529,8 +525,6 @@ class TargetLink:
         return decode_announcement(frame)
 
     def _verify_identity(self, frame: bytes) -> tuple[Announcement, AttemptKey]:
-        from gateway.handshake import accept
-
         if self._identity is None or self._pending is None:
             raise UnsupportedVersion("peer link: identity suite not offered by this target")
         # Structure only (every length bounded) to reach the offer; nothing is used before
@@ -652,8 +646,6 @@ class SourceLink:
             key = self._keyring.active
             prefix = _announce_prefix(self._announcement)
             return prefix + _mac(link_key(key.secret), frame, prefix)
-        from gateway.handshake import offer
-
         if challenge.suite is not Suite.IDENTITY:
             raise DowngradeRefused(
                 "peer link: the target offers no identity handshake; this peer requires it"
