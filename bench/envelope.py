@@ -16,6 +16,10 @@ What is measured
   and six concurrent ones (a migration's channels on the target), which share commits.
 * **Pipeline** on the display sample: native decode + validate, then seal; and back: open,
   then native encode. In microseconds each way.
+* **Identity suite** beside the shared keyring: the per-attempt handshake as the peer link
+  runs it (the target's challenge with its signed hello, the source's signed offer, the
+  target's check; once per attempt, off the critical path), then the display sample's seal
+  and open under the agreed attempt key and under the shared keyring (the critical path).
 
 Goals (reported, not asserted): at 4 MiB, envelope throughput at least half of raw GCM;
 at 1 KiB, at most 4x raw GCM per operation; the display pipeline at most 30 us each way
@@ -301,6 +305,69 @@ def bench_pipeline(quick: bool) -> dict[str, float]:
     return result
 
 
+def bench_identity(quick: bool) -> dict[str, float]:
+    """The identity suite: its handshake's three steps over the peer link (sans I/O), then the
+    display blob's seal and open under an attempt key beside the shared keyring."""
+    from gateway.identity import HostIdentity, TrustStore
+    from gateway.peerlink import SourceLink, TargetLink
+
+    source, target = HostIdentity.create("src.example"), HostIdentity.create("dst.example")
+    source_trust, _ = TrustStore().with_peer(target.public)
+    target_trust, _ = TrustStore().with_peer(source.public)
+    shared = Keyring.create()
+    channels = [(t, 0) for t in (1, 2, 3, 6, 9, 11)]
+    rounds = 20 if quick else 200
+    steps: dict[str, list[float]] = {"hello": [], "offer": [], "accept": []}
+    attempt = None
+    for _ in range(rounds):
+        now = time.time()
+        t0 = time.perf_counter()
+        target_link = TargetLink(
+            "dst.example", shared, {"src.example"}, {VM}, now=now, clock_skew=5,
+            identity=(target, target_trust), identity_sources={"src.example"},
+        )
+        challenge = target_link.start()
+        t1 = time.perf_counter()
+        source_link = SourceLink(
+            host_id="src.example", target_host="dst.example", keyring=None, vm_id=VM,
+            migration_id=MIGRATION, channels=channels, now=now,
+            identity=(source, source_trust),
+        )
+        (answer,) = source_link.receive(challenge)
+        t2 = time.perf_counter()
+        (verified,) = target_link.receive(answer.data)  # type: ignore[union-attr]
+        t3 = time.perf_counter()
+        steps["hello"].append(t1 - t0)
+        steps["offer"].append(t2 - t1)
+        steps["accept"].append(t3 - t2)
+        attempt = verified.key
+    assert attempt is not None
+    result = {name: median(values) for name, values in steps.items()}
+    result["handshake"] = median([sum(parts) for parts in zip(*steps.values(), strict=True)])
+    sample = (Path(gateway.__file__).parent / "samples" / "display.bin").read_bytes()
+    state = native.decode(ChannelType.DISPLAY, sample)
+    ctx = context(ChannelType.DISPLAY)
+    ctx = Context(ctx.channel_type, 0, VM, MIGRATION, "src.example", "dst.example", 1)
+    expected = ExpectedContext.of(ctx)
+    ops, rounds = (300, 3) if quick else (3000, 7)
+    blobs = {
+        "shared": iter([seal(state, ctx, shared) for _ in range(ops * rounds + 1)]),
+        "attempt": iter([seal(state, ctx, attempt.keyring) for _ in range(ops * rounds + 1)]),
+    }
+    samples = measure(
+        {
+            "seal shared": lambda: seal(state, ctx, shared),
+            "seal attempt": lambda: seal(state, ctx, attempt.keyring),
+            "open shared": lambda: verify(next(blobs["shared"]), expected, shared),
+            "open attempt": lambda: verify(next(blobs["attempt"]), expected, attempt.keyring),
+        },
+        ops,
+        rounds,
+    )
+    result |= {name: median(values) for name, values in samples.items()}
+    return result
+
+
 def us(seconds: float) -> str:
     return f"{seconds * 1e6:10.1f}"
 
@@ -324,6 +391,7 @@ def main() -> int:
         together, in_a_row = bench_concurrent_guard(directory, args.quick)
     parts = bench_parts(args.quick)
     pipe = bench_pipeline(args.quick)
+    ident = bench_identity(args.quick)
 
     print("\nSeal vs encrypt: median us per op; ratio = seal / raw AES-256-GCM (paired per round)")
     print(f"{'size':>8} {'blob':>8} {'raw-gcm':>10} {'fernet':>10} {'seal':>10} {'ratio':>6}"
@@ -358,6 +426,18 @@ def main() -> int:
         f"  back:    open (no guard) {pipe['open'] * 1e6:.1f}"
         f" + native encode {pipe['encode'] * 1e6:.1f}; together {pipe['back'] * 1e6:.1f}"
         f" (+{guard * 1e6:.1f} for the replay commit)"
+    )
+
+    print(
+        "\nIdentity suite (median us):\n"
+        f"  handshake, once per attempt, off the critical path: {ident['handshake'] * 1e6:.0f}"
+        f" (target hello {ident['hello'] * 1e6:.0f}, source offer {ident['offer'] * 1e6:.0f},"
+        f" target check {ident['accept'] * 1e6:.0f})\n"
+        f"  display blob, critical path:   {'shared keyring':>15} {'attempt key':>12}\n"
+        f"    seal {'':<24} {ident['seal shared'] * 1e6:15.1f}"
+        f" {ident['seal attempt'] * 1e6:12.1f}\n"
+        f"    open (no guard) {'':<13} {ident['open shared'] * 1e6:15.1f}"
+        f" {ident['open attempt'] * 1e6:12.1f}"
     )
 
     big, kib = sizes[SIZES[-1]], sizes[1024]

@@ -981,6 +981,18 @@ def peer_link_seeds() -> Seeds:
     seeds.inputs += [
         b"\x02" + frame for frame in (challenge, accepted, refused, good, other_vm, foreign)
     ]
+    # 3 and 4: the identity suite's two ends.
+    signed = link.identity_announce()
+    identity_challenge = link.identity_target().start()
+    seeds.inputs += [
+        b"\x03" + signed,
+        b"\x03" + link.identity_announce(link.VMS[1]),
+        b"\x03" + signed[:-1] + bytes((signed[-1] ^ 1,)),
+        b"\x03" + good,
+        b"\x04" + identity_challenge + accepted,
+        b"\x04" + challenge,
+        b"\x04" + identity_challenge[:-1],
+    ]
     seeds.inputs += [b"\x02" + good[:12], b"\x02SMGP\x01\x02\x01\x00\xff\xff\xff\xff"]
     seeds.words = [
         peerlink.MAGIC,

@@ -926,6 +926,11 @@ class IdentityFiles:
     def trust(self) -> TrustStore:
         return self._pair[1]
 
+    @property
+    def pair(self) -> tuple[HostIdentity, TrustStore]:
+        """Both, from one load (a reader never sees half of a reload)."""
+        return self._pair
+
     def reload(self) -> tuple[HostIdentity, TrustStore]:
         # One attribute store: readers see the old pair or the new one, never a mix.
         self._pair = self._load()

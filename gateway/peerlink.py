@@ -12,15 +12,27 @@ The exchange is target-challenge-first, one attempt per connection:
 
 Every message is one frame: a 12-byte header (magic ``SMGP``, version, kind, suite, flags, body
 length) and a body of at most :data:`MAX_BODY` bytes. The suite names how the announcement is
-authenticated; suite 1 is a MAC under a key derived (HKDF-SHA256, its own label) from a key of
-the shared keyring, named by id in the announcement. Every message carries a length-bounded
-``suite_data`` field, empty in suite 1, where a later suite carries its key-agreement material
-(the target's signed ephemeral key in the challenge, the source's encapsulation and signature in
-the announcement) without a change of framing.
+authenticated:
 
-Nothing of an announcement but its key id (fixed offset) is read before its MAC verifies. The
-nonce makes every transcript fresh, so a recorded announcement fails on any other connection.
-No I/O here: the asyncio side (``gateway/proxy/peer.py``) moves the bytes.
+- suite 1 (shared keyring): a MAC under a key derived (HKDF-SHA256, its own label) from a key
+  of the shared keyring, named by id in the announcement. ``suite_data`` is empty. Nothing of
+  the announcement but its key id (fixed offset) is read before its MAC verifies.
+- suite 2 (identity): the challenge's ``suite_data`` is the target's signed handshake
+  ``hello`` (:mod:`gateway.handshake`), the announcement's is the source's signed ``offer``
+  answering it. The offer signs the announcement's canonical encoding (this frame with a zero
+  key id and no suite data); the announcement's key id is the per-attempt key id both ends
+  derive, and its MAC is keyed from the attempt key (key confirmation). The frame is parsed
+  for its structure (every length bounded) to reach the offer; no field of it is used before
+  the offer's signatures verify and the announcement matches what they sign.
+
+A target with an identity sends a suite-2 challenge to every source; a source that does not
+use identities with it answers in suite 1 over the same challenge. A source configured for
+identities refuses a challenge without a hello, and a target refuses a suite-1 announcement
+from a source configured for identities: neither side can be talked down to the shared key.
+
+The nonce (and in suite 2 the hello's own challenge and ephemeral key) makes every transcript
+fresh, so a recorded announcement fails on any other connection. No I/O here: the asyncio side
+(``gateway/proxy/peer.py``) moves the bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import os
 import struct
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -42,6 +54,7 @@ from gateway.errors import (
     ConfigError,
     ContextMismatch,
     CountOutOfRange,
+    DowngradeRefused,
     Expired,
     MalformedInput,
     NotYetValid,
@@ -51,7 +64,12 @@ from gateway.errors import (
     UnaccountedBytes,
     UnsupportedVersion,
 )
+from gateway.handshake import AttemptKey, PendingHello, accept, hello, offer
+from gateway.identity import HostIdentity, TrustStore
 from gateway.keys import KEY_ID_SIZE, Keyring
+
+#: This host's identity and the trust store of its peers' (the identity suite).
+Identity = tuple[HostIdentity, TrustStore]
 
 __all__ = [
     "HEADER_SIZE",
@@ -90,6 +108,7 @@ MAX_HOST_ID = 128
 MAX_CHANNELS = 64
 MAX_REASON = 200
 _LABEL = b"spice-migration-gateway peer-link v1 shared-keyring"
+_LABEL_IDENTITY = b"spice-migration-gateway peer-link v1 identity key confirmation"
 
 
 class Kind(enum.IntEnum):
@@ -101,6 +120,9 @@ class Kind(enum.IntEnum):
 class Suite(enum.IntEnum):
     #: MAC over the transcript under an HKDF-derived key of the shared keyring.
     SHARED_KEYRING = 1
+    #: A signed hybrid-KEM handshake (hello in the challenge, offer in the announcement); the
+    #: MAC is keyed from the per-attempt key it agrees.
+    IDENTITY = 2
 
 
 def link_key(secret: bytes) -> bytes:
@@ -108,11 +130,27 @@ def link_key(secret: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_LABEL).derive(secret)
 
 
-def _mac(key: bytes, challenge_frame: bytes, announce_prefix: bytes) -> bytes:
+def confirmation_key(attempt: AttemptKey) -> bytes:
+    """The identity suite's announcement MAC key: derived from the attempt's envelope secret
+    under its own label (never the secret itself)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_LABEL_IDENTITY).derive(
+        attempt.keyring.active.secret
+    )
+
+
+def _mac(
+    key: bytes, challenge_frame: bytes, announce_prefix: bytes, label: bytes = _LABEL
+) -> bytes:
     transcript = b"".join(
-        (_LABEL, struct.pack(">I", len(challenge_frame)), challenge_frame, announce_prefix)
+        (label, struct.pack(">I", len(challenge_frame)), challenge_frame, announce_prefix)
     )
     return hmac.new(key, transcript, "sha256").digest()
+
+
+def signed_announcement(announcement: Announcement) -> bytes:
+    """What the identity suite's offer signs: the announcement's frame with a zero key id and
+    no suite data (both are only known once the offer exists), without a MAC."""
+    return _announce_prefix(replace(announcement, key_id=bytes(KEY_ID_SIZE), suite_data=b""))
 
 
 # --- the messages ----------------------------------------------------------------------------
@@ -386,9 +424,11 @@ class FrameReader:
 
 @dataclass(frozen=True)
 class AnnouncementVerified:
-    """Target side: an authenticated, fresh announcement for this host and one of its VMs."""
+    """Target side: an authenticated, fresh announcement for this host and one of its VMs;
+    in the identity suite, with the attempt key both ends agreed."""
 
     announcement: Announcement
+    key: AttemptKey | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -406,6 +446,10 @@ class VerdictReceived:
 class TargetLink:
     """The target's end of one peer-link connection: challenge, one announcement, verdict.
 
+    With ``identity`` (this host's identity and trust store) the challenge carries a handshake
+    hello, which costs a signature and an ephemeral key pair: build the link off the event
+    loop. Announcements from ``identity_sources`` must then use the identity suite.
+
     :meth:`receive` raises a :class:`~gateway.errors.GatewayError` for anything refused; the
     caller then sends :meth:`verdict` with the error class and closes.
     """
@@ -420,14 +464,28 @@ class TargetLink:
         now: float,
         clock_skew: int,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        identity: Identity | None = None,
+        identity_sources: Iterable[str] = (),
     ) -> None:
         self.host_id = host_id
         self.keyring = keyring
         self.trusted_sources = frozenset(trusted_sources)
+        self.identity_sources = frozenset(identity_sources)
         self.vm_ids = frozenset(vm_ids)
         self.now = now
         self.clock_skew = clock_skew
-        self._challenge = encode_challenge(Challenge(host_id, random_bytes(NONCE_SIZE)))
+        self._identity = identity
+        self._pending: PendingHello | None = None
+        nonce = random_bytes(NONCE_SIZE)
+        if identity is None:
+            if self.identity_sources:
+                raise ConfigError("sources that require the identity suite need an identity")
+            self._challenge = encode_challenge(Challenge(host_id, nonce))
+        else:
+            message, self._pending = hello(identity[0], now=now, random_bytes=random_bytes)
+            self._challenge = encode_challenge(
+                Challenge(host_id, nonce, Suite.IDENTITY, message)
+            )
         self._reader = FrameReader()
         self._done = False
 
@@ -441,15 +499,60 @@ class TargetLink:
             if self._done:
                 raise ProtocolError("peer link: a second message after the announcement")
             self._done = True
-            events.append(AnnouncementVerified(self._verify(frame)))
+            events.append(self._verify(frame))
         return events
 
-    def _verify(self, frame: bytes) -> Announcement:
+    def _verify(self, frame: bytes) -> AnnouncementVerified:
+        suite, _ = _split(frame, Kind.ANNOUNCE)
+        key: AttemptKey | None = None
+        if suite is Suite.IDENTITY:
+            announcement, key = self._verify_identity(frame)
+        else:
+            announcement = self._verify_shared(frame)
+            if announcement.source_host in self.identity_sources:
+                raise DowngradeRefused(
+                    "peer link: a shared-keyring announcement from a source that must use "
+                    "the identity suite"
+                )
+        self._check(announcement)
+        return AnnouncementVerified(announcement, key)
+
+    def _verify_shared(self, frame: bytes) -> Announcement:
         key = self.keyring.for_opening(announcement_key_id(frame))
         mac = _mac(link_key(key.secret), self._challenge, frame[:-MAC_SIZE])
         if not hmac.compare_digest(mac, frame[-MAC_SIZE:]):
             raise AuthenticationFailed("peer link: announcement MAC does not verify")
-        announcement = decode_announcement(frame)
+        return decode_announcement(frame)
+
+    def _verify_identity(self, frame: bytes) -> tuple[Announcement, AttemptKey]:
+        if self._identity is None or self._pending is None:
+            raise UnsupportedVersion("peer link: identity suite not offered by this target")
+        # Structure only (every length bounded) to reach the offer; nothing is used before
+        # the offer's signatures verify and it is shown to sign this very announcement.
+        claimed = decode_announcement(frame)
+        signed, key = accept(
+            claimed.suite_data,
+            self._pending,
+            self._identity[1],
+            now=self.now,
+            clock_skew=self.clock_skew,
+        )
+        if not hmac.compare_digest(signed, signed_announcement(claimed)):
+            raise AuthenticationFailed("peer link: the offer signs another announcement")
+        if not hmac.compare_digest(claimed.key_id, key.key_id):
+            raise AuthenticationFailed("peer link: announcement key id is not the attempt's")
+        mac = _mac(
+            confirmation_key(key), self._challenge, frame[:-MAC_SIZE], _LABEL_IDENTITY
+        )
+        if not hmac.compare_digest(mac, frame[-MAC_SIZE:]):
+            raise AuthenticationFailed("peer link: announcement MAC does not verify")
+        if claimed.source_host != key.source_host:
+            raise ContextMismatch(
+                "source_host", "peer link: announcement names another source than its signer"
+            )
+        return claimed, key
+
+    def _check(self, announcement: Announcement) -> None:
         if announcement.target_host != self.host_id:
             raise ContextMismatch("target_host", "peer link: announcement for another target")
         if announcement.source_host not in self.trusted_sources:
@@ -464,7 +567,6 @@ class TargetLink:
             raise Expired(
                 f"peer link: announcement issued {self.now - announcement.issued_at:.0f} s ago"
             )
-        return announcement
 
     @staticmethod
     def verdict(accepted: bool, reason: str = "") -> bytes:
@@ -472,30 +574,47 @@ class TargetLink:
 
 
 class SourceLink:
-    """The source's end: answer the target's challenge with the announcement, read the verdict."""
+    """The source's end: answer the target's challenge with the announcement, read the verdict.
+
+    With ``identity`` (this host's identity and trust store) the answer is the identity suite's
+    offer, and only a challenge carrying a hello signed by ``target_host`` is answered; the
+    attempt key is then :attr:`attempt_key`. Answering costs a KEM encapsulation and two
+    signatures' worth of work: call :meth:`receive` off the event loop.
+    """
 
     def __init__(
         self,
         *,
         host_id: str,
         target_host: str,
-        keyring: Keyring,
+        keyring: Keyring | None,
         vm_id: uuid.UUID,
         migration_id: uuid.UUID,
         channels: Iterable[tuple[int, int]],
         now: float,
+        identity: Identity | None = None,
+        clock_skew: int = 5,
+        random_bytes: Callable[[int], bytes] | None = None,
     ) -> None:
+        if keyring is None and identity is None:
+            raise ConfigError("the peer link needs a keyring or an identity")
         self.target_host = target_host
-        self._key = keyring.active
+        self._keyring = keyring
+        self._identity = identity
+        self._now = now
+        self._clock_skew = clock_skew
+        self._random_bytes = random_bytes
         self._announcement = Announcement(
-            key_id=self._key.key_id,
+            key_id=keyring.active.key_id if identity is None and keyring else bytes(KEY_ID_SIZE),
             source_host=host_id,
             target_host=target_host,
             vm_id=vm_id,
             migration_id=migration_id,
             issued_at=int(now),
             channels=tuple(sorted(channels)),
+            suite=Suite.SHARED_KEYRING if identity is None else Suite.IDENTITY,
         )
+        self.attempt_key: AttemptKey | None = None
         self._reader = FrameReader()
         self._state = Kind.CHALLENGE
 
@@ -512,9 +631,7 @@ class SourceLink:
                     raise ContextMismatch(
                         "target_host", "peer link: the peer is not the host sealed for"
                     )
-                prefix = _announce_prefix(self._announcement)
-                mac = _mac(link_key(self._key.secret), frame, prefix)
-                events.append(ChallengeAnswered(prefix + mac))
+                events.append(ChallengeAnswered(self._answer(frame, challenge)))
                 self._state = Kind.VERDICT
             elif self._state is Kind.VERDICT:
                 events.append(VerdictReceived(decode_verdict(frame)))
@@ -522,3 +639,31 @@ class SourceLink:
             else:
                 raise ProtocolError("peer link: a message after the verdict")
         return events
+
+    def _answer(self, frame: bytes, challenge: Challenge) -> bytes:
+        if self._identity is None:
+            assert self._keyring is not None
+            key = self._keyring.active
+            prefix = _announce_prefix(self._announcement)
+            return prefix + _mac(link_key(key.secret), frame, prefix)
+        if challenge.suite is not Suite.IDENTITY:
+            raise DowngradeRefused(
+                "peer link: the target offers no identity handshake; this peer requires it"
+            )
+        own, trust = self._identity
+        message, attempt = offer(
+            challenge.suite_data,
+            signed_announcement(self._announcement),
+            own,
+            trust,
+            self.target_host,
+            now=self._now,
+            random_bytes=self._random_bytes,
+            clock_skew=self._clock_skew,
+        )
+        self._announcement = replace(
+            self._announcement, key_id=attempt.key_id, suite_data=message
+        )
+        self.attempt_key = attempt
+        prefix = _announce_prefix(self._announcement)
+        return prefix + _mac(confirmation_key(attempt), frame, prefix, _LABEL_IDENTITY)

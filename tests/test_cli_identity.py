@@ -256,10 +256,12 @@ def test_proxy_check_verifies_identity_and_trust(
     assert "0 trusted peer(s)" in out
 
 
-def test_proxy_refuses_to_run_identity_peers_without_the_peer_link(
+def test_proxy_with_identity_peers_does_not_start_without_its_identity_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Fail closed: never serve an identity peer with the shared keyring."""
+    """Fail closed: an identity peer is never served with the shared keyring alone; the
+    identity and trust store load before any port opens."""
+    assert run(capsys, "keys", "generate", "--keyring", str(tmp_path / "keyring.json"))[0] == 0
     config = tmp_path / "proxy.toml"
     files = f'identity = "{tmp_path}/a.json"\ntrust_store = "{tmp_path}/t.json"'
     config.write_text(
@@ -267,6 +269,5 @@ def test_proxy_refuses_to_run_identity_peers_without_the_peer_link(
             host="host-a", dir=tmp_path, identity=files, suite="identity", vm=uuid.uuid4()
         )
     )
-    err = refused_as(capsys, "ConfigError", "proxy", "--config", str(config))
-    assert "host-b" in err
-    assert "peer link" in err
+    err = refused_as(capsys, "IdentityError", "proxy", "--config", str(config))
+    assert "a.json" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from gateway.errors import (
     AuthenticationFailed,
     BadMagic,
     ContextMismatch,
+    DowngradeRefused,
     Expired,
     GatewayError,
     MalformedInput,
@@ -23,6 +25,7 @@ from gateway.errors import (
     UnknownKey,
     UnsupportedVersion,
 )
+from gateway.identity import HostIdentity, TrustStore
 from gateway.keys import KEY_ID_SIZE, Keyring
 from gateway.peerlink import (
     HEADER_SIZE,
@@ -309,3 +312,177 @@ def test_no_secret_in_messages_or_reprs(keyring: Keyring) -> None:
             assert repr(value) not in text
     assert secret not in frame
     assert derived not in frame
+
+
+# --- the identity suite (suite 2) -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def identities() -> dict[str, tuple[HostIdentity, TrustStore]]:
+    """source-host and target-host, each trusting the other; a third host trusted by both."""
+    made = {host: HostIdentity.create(host) for host in (SOURCE, TARGET, "third-host")}
+    pairs = {}
+    for host, identity in made.items():
+        store = TrustStore()
+        for other, theirs in made.items():
+            if other != host:
+                store, _ = store.with_peer(theirs.public)
+        pairs[host] = (identity, store)
+    return pairs
+
+
+IdentityPairs = dict[str, tuple[HostIdentity, TrustStore]]
+
+
+def identity_target(
+    keyring: Keyring, identities: IdentityPairs, *, sources: frozenset[str] = frozenset({SOURCE})
+) -> TargetLink:
+    return TargetLink(
+        TARGET,
+        keyring,
+        {SOURCE, "third-host"},
+        {VM},
+        now=NOW,
+        clock_skew=5,
+        identity=identities[TARGET],
+        identity_sources=sources,
+    )
+
+
+def identity_source(
+    identities: IdentityPairs, *, host: str = SOURCE, signer: str | None = None
+) -> SourceLink:
+    return SourceLink(
+        host_id=host,
+        target_host=TARGET,
+        keyring=None,
+        vm_id=VM,
+        migration_id=uuid.uuid4(),
+        channels=CHANNELS,
+        now=NOW,
+        identity=identities[signer or host],
+    )
+
+
+def test_the_identity_suite_agrees_one_attempt_key(
+    keyring: Keyring, identities: IdentityPairs
+) -> None:
+    target = identity_target(keyring, identities)
+    challenge = target.start()
+    assert peerlink.decode_challenge(challenge).suite is peerlink.Suite.IDENTITY
+    source = identity_source(identities)
+    frame = answer(source, challenge)
+    (event,) = target.receive(frame)
+    assert event.announcement == source.announcement
+    assert event.announcement.suite is peerlink.Suite.IDENTITY
+    assert source.attempt_key is not None
+    assert event.key is not None
+    assert event.key.key_id == source.attempt_key.key_id == event.announcement.key_id
+    assert event.key.keyring.active.secret == source.attempt_key.keyring.active.secret
+    assert (event.key.source_host, event.key.target_host) == (SOURCE, TARGET)
+    # Nothing of the shared keyring is in the frame, nor the attempt's secret.
+    assert keyring.active.key_id not in frame
+    assert event.key.keyring.active.secret not in frame
+    for text in (repr(event), repr(source), repr(event.key)):
+        assert event.key.keyring.active.secret.hex() not in text
+
+
+@pytest.mark.parametrize("offset", [*range(0, 120, 7), 300, 1500, 3000, 4500, -40, -1])
+def test_every_flipped_byte_of_an_identity_announcement_is_refused(
+    keyring: Keyring, identities: IdentityPairs, offset: int
+) -> None:
+    target = identity_target(keyring, identities)
+    frame = bytearray(answer(identity_source(identities), target.start()))
+    frame[offset % len(frame)] ^= 0x10
+    with pytest.raises(GatewayError):
+        target.receive(bytes(frame))
+
+
+@pytest.mark.parametrize("cut", [1, 32, 3373, 5000])
+def test_a_truncated_or_extended_identity_announcement_is_refused(
+    keyring: Keyring, identities: IdentityPairs, cut: int
+) -> None:
+    frame = answer(identity_source(identities), identity_target(keyring, identities).start())
+    body = frame[HEADER_SIZE:-cut]
+    short = frame[:8] + struct.pack(">I", len(body)) + body
+    long = frame[:8] + struct.pack(">I", len(frame) - HEADER_SIZE + 1) + frame[HEADER_SIZE:] + b"\0"
+    for changed in (short, long):
+        with pytest.raises(GatewayError):
+            identity_target(keyring, identities).receive(changed)
+
+
+def test_an_identity_announcement_naming_another_source_is_refused(
+    keyring: Keyring, identities: IdentityPairs
+) -> None:
+    """The third host signs, the announcement names the source."""
+    target = identity_target(keyring, identities)
+    frame = answer(identity_source(identities, signer="third-host"), target.start())
+    with pytest.raises(ContextMismatch, match="another source than its signer"):
+        target.receive(frame)
+
+
+def test_a_shared_keyring_announcement_from_an_identity_source_is_a_downgrade(
+    keyring: Keyring, identities: IdentityPairs
+) -> None:
+    target = identity_target(keyring, identities)
+    with pytest.raises(DowngradeRefused):
+        target.receive(answer(source_link(keyring), target.start()))
+    # A source that does not require identities may still answer in suite 1.
+    other = identity_target(keyring, identities, sources=frozenset())
+    (event,) = other.receive(answer(source_link(keyring), other.start()))
+    assert event.key is None
+
+
+def test_an_identity_source_refuses_a_challenge_without_a_hello(
+    keyring: Keyring, identities: IdentityPairs
+) -> None:
+    source = identity_source(identities)
+    with pytest.raises(DowngradeRefused):
+        source.receive(target_link(keyring).start())
+    assert source.attempt_key is None
+
+
+def test_a_target_without_an_identity_refuses_the_identity_suite(
+    keyring: Keyring, identities: IdentityPairs
+) -> None:
+    with_identity = identity_target(keyring, identities)
+    frame = answer(identity_source(identities), with_identity.start())
+    with pytest.raises(UnsupportedVersion):
+        target_link(keyring).receive(frame)
+
+
+def test_identity_suite_known_answers() -> None:
+    """The key-confirmation key and MAC, as SECURITY.md quotes them."""
+    from gateway.handshake import AttemptKey
+    from gateway.keys import Key, KeyState
+
+    ring = Keyring([Key(bytes(16), KeyState.ACTIVE, 0, bytes(range(32)))])
+    key = AttemptKey(SOURCE, TARGET, bytes(16), bytes(16), b"x", bytes(32), ring)
+    confirmation = peerlink.confirmation_key(key)
+    mac = peerlink._mac(confirmation, b"challenge", b"announce", peerlink._LABEL_IDENTITY)
+    expected_key = "b3c483615f4afc69335238e74bbffadc029aa00e95aa9ad7a70bf7fe0b1e03b0"
+    expected_mac = "ab018fde3688ab7cebe80b6400e811727e5cba93e6eee48d166dac6ff2754596"
+    assert confirmation.hex() == expected_key
+    assert mac.hex() == expected_mac
+    security = (Path(__file__).resolve().parents[1] / "SECURITY.md").read_text()
+    assert expected_key in security
+    assert expected_mac in security
+
+
+def test_a_key_share_moved_into_another_hello_is_not_answered(
+    keyring: Keyring, identities: IdentityPairs
+) -> None:
+    """The challenge's hello carrying another hello's ephemeral KEM key: its signature fails."""
+    from gateway.handshake import parse_hello
+
+    first = peerlink.decode_challenge(identity_target(keyring, identities).start())
+    second = peerlink.decode_challenge(identity_target(keyring, identities).start())
+    one, two = parse_hello(first.suite_data), parse_hello(second.suite_data)
+    swapped = one.signed[: -len(one.kem_public)] + two.kem_public + one.signature
+    challenge = peerlink.encode_challenge(
+        Challenge(TARGET, first.nonce, peerlink.Suite.IDENTITY, swapped)
+    )
+    source = identity_source(identities)
+    with pytest.raises(AuthenticationFailed):
+        source.receive(challenge)
+    assert source.attempt_key is None

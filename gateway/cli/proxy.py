@@ -25,7 +25,8 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
             "Listen where SPICE clients connect, forward to spice-server, seal migration data "
             "leaving this host and open migration data arriving here. SIGTERM stops it after "
             "in-flight migrations finish (bounded by limits.shutdown_grace); SIGHUP re-reads "
-            "the whole config and the keyring. Logs are JSON lines on stderr."
+            "the whole config, the keyring, and the host identity and trust store when "
+            "configured. Logs are JSON lines on stderr."
         ),
     )
     proxy.add_argument("--config", required=True, metavar="FILE", help="the proxy's TOML config")
@@ -141,15 +142,6 @@ def _proxy(args: argparse.Namespace) -> int:
             )
             print(f"identity ok: {summary}")
         return 0
-    if config.identity_peers:
-        # Fail closed: the running proxy cannot yet agree per-attempt keys (that needs the
-        # gateway-to-gateway peer link), and must not fall back to the shared keyring for a
-        # peer that requires identities.
-        raise ConfigError(
-            f'{args.config}: peers with suite = "identity" '
-            f"({', '.join(sorted(config.identity_peers))}) need the gateway-to-gateway peer "
-            "link, which this proxy does not run yet"
-        )
     configure_logging(args.log_level)
     from gateway.proxy.server import run_proxy
 

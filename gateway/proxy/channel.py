@@ -41,6 +41,8 @@ from gateway.errors import (
     ProtocolError,
     ReplayStoreError,
 )
+from gateway.handshake import SuitePolicy, policy_for
+from gateway.identity import HostIdentity, TrustStore
 from gateway.keys import Keyring
 from gateway.proxy.config import ProxyConfig, Route
 from gateway.proxy.sessions import DATA_CHANNELS, AttemptTable, Session, SessionTable
@@ -95,6 +97,13 @@ class ProxyState:
     #: Target side: the attempt each VM's source announced over the peer link.
     attempts: AttemptTable = field(default_factory=AttemptTable)
     announcer: Announcer | None = None
+    #: This host's identity and trust store (one consistent pair), when configured.
+    identity: Callable[[], tuple[HostIdentity, TrustStore]] | None = None
+
+    def suite(self, peer: str | None) -> SuitePolicy:
+        """The suite ``peer``'s configuration requires (the shared key for an unknown one)."""
+        found = self.config.peer(peer) if peer is not None else None
+        return policy_for(found.suite if found is not None else "shared-key")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -287,6 +296,7 @@ class ChannelHandler:
                 session.migration_id = uuid.uuid4()
                 session.target_host = target
                 session.target_address = (info.host, info.port)
+                session.attempt_key = None
                 session.sealed.clear()
                 session.completed = False
             audit(
@@ -311,6 +321,7 @@ class ChannelHandler:
             with session.lock:
                 cancelled, session.migration_id = session.migration_id, None
                 session.target_host = session.target_address = None
+                session.attempt_key = None
             if cancelled is not None:
                 audit(
                     "migration_cancelled",
@@ -340,7 +351,9 @@ class ChannelHandler:
             self._check_data_channel()
             if session is None or session.migration_id is None:
                 raise ProtocolError(f"{self.channel}: MIGRATE_DATA outside a seamless migration")
-            migration_id, target_host = session.migration_id, session.target_host
+            with session.lock:
+                migration_id, target_host = session.migration_id, session.target_host
+                attempt_key = session.attempt_key
             if target_host is None:
                 raise ProtocolError(
                     f"{self.channel}: the migration's destination is not a trusted peer"
@@ -355,10 +368,15 @@ class ChannelHandler:
                 target_host=target_host,
                 schema_version=type(state).schema_version,
             )
+            # An identity peer's blobs are sealed with the attempt key agreed over the peer
+            # link, never the shared keyring (DowngradeRefused when there is none).
+            keyring = self.state.suite(target_host).sealing_keyring(
+                attempt_key, self.state.keyring()
+            )
             blob = seal(
                 state,
                 context,
-                self.state.keyring(),
+                keyring,
                 ttl=self.state.config.limits.blob_ttl,
                 now=self.state.clock(),
             )
@@ -406,21 +424,9 @@ class ChannelHandler:
             self._check_data_channel()
             if session is None:
                 raise ProtocolError(f"{self.channel}: MIGRATE_DATA on a link without a session")
-            # Once the session's migration id is pinned, a blob of another migration fails
-            # here; before, any migration passes and _claim decides.
+            keyring, expected = self._opening(blob, session)
             verified = verify(
-                blob,
-                _expected_context(
-                    ChannelType(self.channel_type),
-                    self.channel_id,
-                    self.route.vm_id,
-                    session.migration_id,
-                    self.state.config.trusted_sources,
-                    self.state.config.host_id,
-                ),
-                self.state.keyring(),
-                policy=self.state.policy,
-                now=self.state.clock(),
+                blob, expected, keyring, policy=self.state.policy, now=self.state.clock()
             )
             self._check_attempt(session, verified)
         except GatewayError as error:
@@ -428,6 +434,40 @@ class ChannelHandler:
             self.refuse("peer_link_down" if unannounced else "open", error)
             raise  # pragma: no cover - refuse() raises
         return session, verified
+
+    def _opening(self, blob: bytes, session: Session) -> tuple[Keyring, ExpectedContext]:
+        """The keyring and the expectation for ``blob``.
+
+        When the VM's announced attempt agreed a key (identity suite), the attempt's own key
+        and its authenticated hosts decide: a blob under any other key is refused, one under
+        the shared keyring as a downgrade when the source requires identities. Otherwise the
+        shared keyring opens it, from a source that does not require identities. Once the
+        session's migration id is pinned, a blob of another migration fails here; before,
+        any migration passes and :meth:`_claim` decides.
+        """
+        config, shared = self.state.config, self.state.keyring()
+        attempt = self.state.attempts.current(self.route.vm_id)
+        key = attempt.key if attempt is not None else None
+        channel_type = ChannelType(self.channel_type)
+        if attempt is not None:
+            keyring = self.state.suite(attempt.source_host).opening_keyring(blob, key, shared)
+            if key is not None and keyring is key.keyring:
+                return keyring, key.expect(
+                    channel_type, self.channel_id, self.route.vm_id, attempt.migration_id, 1
+                )
+            sources = config.trusted_sources
+        else:
+            # No announcement (first-blob mode): the shared keyring cannot speak for a source
+            # that requires identities.
+            sources = config.trusted_sources - config.identity_peers
+        return shared, _expected_context(
+            channel_type,
+            self.channel_id,
+            self.route.vm_id,
+            session.migration_id,
+            sources,
+            config.host_id,
+        )
 
     def _check_attempt(self, session: Session, verified: Verified) -> None:
         """The blob belongs to the attempt this target runs: the newest one its VM's source

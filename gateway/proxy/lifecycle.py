@@ -108,7 +108,8 @@ class Lifecycle:
     # --- reloading -------------------------------------------------------------------------------
 
     def reload_keys(self) -> int:
-        """Re-read the keyring; on failure the keys in use stay in use."""
+        """Re-read the keyring, and the identity and trust store when configured; on failure
+        the keys in use stay in use (each file set independently)."""
         try:
             keyring = self.proxy.keyring_file.reload()
         except GatewayError as error:
@@ -120,6 +121,24 @@ class Lifecycle:
             )
             raise
         log(logging.INFO, "keyring reloaded", keys=len(keyring))
+        identity_files = self.proxy.identity_files
+        if identity_files is not None:
+            try:
+                identity, trust = identity_files.reload()
+            except GatewayError as error:
+                log(
+                    logging.ERROR,
+                    "identity reload failed; keeping the current identity and trust store",
+                    error=type(error).__name__,
+                    detail=str(error),
+                )
+                raise
+            log(
+                logging.INFO,
+                "identity reloaded",
+                identity=identity.active.key_id.hex(),
+                trusted=len(trust.hosts),
+            )
         return len(keyring)
 
     def schedule_reload(self) -> None:

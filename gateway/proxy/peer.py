@@ -2,13 +2,17 @@
 
 Both ends are thin loops around :mod:`gateway.peerlink`: one TCP connection per migration
 attempt, opened by the source when the main channel sends ``MIGRATE_BEGIN_SEAMLESS`` and held
-until the target's verdict (bounded by ``limits.peer_timeout``).
+until the target's verdict (bounded by ``limits.peer_timeout``). For a peer with
+``suite = "identity"`` the exchange also agrees the attempt's key (the handshake's public-key
+work runs in worker threads); the target records it with the attempt, the source keeps it in
+the session for sealing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from gateway.errors import GatewayError
@@ -89,14 +93,25 @@ class PeerLinkServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> None:
         state, config = self.state, self.config
-        link = TargetLink(
+        identity = state.identity() if state.identity is not None else None
+        make = functools.partial(
+            TargetLink,
             config.host_id,
             state.keyring(),
             config.trusted_sources,
-            (route.vm_id for route in config.routes),
+            [route.vm_id for route in config.routes],
             now=state.clock(),
             clock_skew=config.limits.clock_skew,
+            identity=identity,
+            identity_sources=config.identity_peers,
         )
+        # The identity suite's hello (a signature, an ephemeral key pair) and its check of
+        # the offer are kept off the event loop: other sessions' switch-overs run there.
+        try:
+            link = await asyncio.to_thread(make) if identity is not None else make()
+        except GatewayError as error:  # this host's own identity cannot sign a hello
+            log(logging.ERROR, "peer link cannot answer", error=type(error).__name__, peer=peer)
+            return
         writer.write(link.start())
         await writer.drain()
         try:
@@ -104,7 +119,11 @@ class PeerLinkServer:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     raise ConnectionResetError("peer closed before announcing")
-                events = link.receive(data)
+                events = (
+                    await asyncio.to_thread(link.receive, data)
+                    if identity is not None
+                    else link.receive(data)
+                )
                 if events:
                     break
         except GatewayError as error:
@@ -133,6 +152,7 @@ class PeerLinkServer:
             source_host=announcement.source_host,
             channels=frozenset(announcement.channels),
             issued_at=announcement.issued_at,
+            key=event.key,
         )
         previous = self.state.attempts.announce(attempt)
         self.state.metrics.inc("smg_peer_announcements_total", side="target")
@@ -145,6 +165,7 @@ class PeerLinkServer:
             source=attempt.source_host,
             channels=len(attempt.channels),
             superseded=str(previous.migration_id) if previous is not None else None,
+            suite="identity" if event.key is not None else "shared-key",
             peer=peer,
         )
 
@@ -177,6 +198,11 @@ def make_announcer(config: ProxyConfig, state: ProxyState) -> Announcer:
 
         if peer is None or peer.peer_address is None:
             return down("unconfigured", f"peer {target} has no peer_address")
+        identity = None
+        if peer.suite == "identity":
+            if state.identity is None:
+                return down("unconfigured", "no identity configured for the identity suite")
+            identity = state.identity()
         link = SourceLink(
             host_id=config.host_id,
             target_host=target,
@@ -185,6 +211,8 @@ def make_announcer(config: ProxyConfig, state: ProxyState) -> Announcer:
             migration_id=migration_id,
             channels=channels,
             now=state.clock(),
+            identity=identity,
+            clock_skew=config.limits.clock_skew,
         )
         host, port = parse_address(peer.peer_address)
         writer: asyncio.StreamWriter | None = None
@@ -195,13 +223,24 @@ def make_announcer(config: ProxyConfig, state: ProxyState) -> Announcer:
                     data = await reader.read(READ_SIZE)
                     if not data:
                         return down("closed", "the target closed the peer link")
-                    for event in link.receive(data):
+                    # The identity suite's offer (an encapsulation, a signature, the hello's
+                    # check) runs off the event loop, before the switch-over.
+                    events = (
+                        await asyncio.to_thread(link.receive, data)
+                        if identity is not None
+                        else link.receive(data)
+                    )
+                    for event in events:
                         if isinstance(event, ChallengeAnswered):
                             writer.write(event.data)
                             await writer.drain()
                         elif isinstance(event, VerdictReceived):
                             if not event.verdict.accepted:
                                 return down("refused", f"refused: {event.verdict.reason}")
+                            with session.lock:
+                                # Only the attempt it was agreed for seals with this key.
+                                if session.migration_id == migration_id:
+                                    session.attempt_key = link.attempt_key
                             state.metrics.inc("smg_peer_announcements_total", side="source")
                             audit(
                                 "attempt_announced",
@@ -212,6 +251,7 @@ def make_announcer(config: ProxyConfig, state: ProxyState) -> Announcer:
                                 migration=str(migration_id),
                                 target=target,
                                 channels=len(channels),
+                                suite=peer.suite,
                             )
                             return True
         except TimeoutError:

@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.envelope import Policy
 from gateway.errors import ConfigError, GatewayError
+from gateway.identity import HostIdentity, IdentityFiles, TrustStore
 from gateway.keys import Keyring, KeyringFile
 from gateway.proxy.channel import AWAITED, ChannelHandler, ProxyState
 from gateway.proxy.config import ProxyConfig, Route, parse_address
@@ -249,6 +250,11 @@ class ProxyServer:
     ) -> None:
         self.config = config
         self.keyring_file = keyring_file or KeyringFile(config.keyring)
+        self.identity_files = (
+            IdentityFiles(config.identity, config.trust_store, config.host_id)
+            if config.identity is not None and config.trust_store is not None
+            else None
+        )
         self.replay_guard = ReplayGuard(config.replay_db)
         self.metrics = Metrics()
         self.state = ProxyState(
@@ -262,6 +268,7 @@ class ProxyServer:
                 max_blob_size=config.limits.max_message_size + ENVELOPE_SLACK,
             ),
             clock=clock,
+            identity=self._identity if self.identity_files is not None else None,
         )
         self.state.announcer = make_announcer(config, self.state)
         self.peer_link = PeerLinkServer(config, self.state) if config.peer_listen else None
@@ -285,6 +292,10 @@ class ProxyServer:
 
     def _keyring(self) -> Keyring:
         return self.keyring_file.keyring
+
+    def _identity(self) -> tuple[HostIdentity, TrustStore]:
+        assert self.identity_files is not None
+        return self.identity_files.pair
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -410,7 +421,7 @@ async def run_proxy(
     config_path: str | Path | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads the config at ``config_path`` (routes,
-    peers, limits) and the keyring, or only the keyring without a path."""
+    peers, limits), the keyring and the identity files, or only the key files without a path."""
     proxy = ProxyServer(config, config_path=config_path)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,8 +19,12 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from schemas import ChannelType
+
+if TYPE_CHECKING:
+    from gateway.handshake import AttemptKey
 
 __all__ = ["Attempt", "AttemptTable", "Session", "SessionTable"]
 
@@ -53,6 +57,8 @@ class Session:
     migration_id: uuid.UUID | None = None
     target_host: str | None = None
     target_address: tuple[str, int] | None = None
+    #: Source side, identity suite: the key agreed with the target for ``migration_id``.
+    attempt_key: AttemptKey | None = field(default=None, repr=False)
     # Target side: the channels linked here, and those whose blob was accepted.
     linked: set[ChannelKey] = field(default_factory=set)
     accepted: set[ChannelKey] = field(default_factory=set)
@@ -125,6 +131,8 @@ class Attempt:
     source_host: str
     channels: frozenset[ChannelKey]
     issued_at: int
+    #: Identity suite: the attempt's own key; its blobs open with it alone.
+    key: AttemptKey | None = field(default=None, compare=False, repr=False)
 
 
 class AttemptTable:

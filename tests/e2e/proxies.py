@@ -10,6 +10,7 @@ JSON log lines (audit events included) land in the rig's log file for the proxy,
 from __future__ import annotations
 
 import json
+import re
 import stat
 import subprocess
 import sys
@@ -27,6 +28,7 @@ __all__ = [
     "GatewayHost",
     "GatewayProxy",
     "gateway_command",
+    "generate_identities",
     "generate_keyring",
     "start_proxy",
 ]
@@ -61,6 +63,54 @@ def generate_keyring(path: Path, timeout: float = 60.0) -> Path:
     return path
 
 
+def _cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*gateway_command(), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode != 0:
+        what = " ".join(args[:2])
+        raise RigError(f"{what} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def _fingerprint(text: str) -> str:
+    found = re.search(r"sha256:[0-9a-f ]+", text)
+    if found is None:
+        raise RigError(f"no fingerprint printed: {text.strip()[:200]}")
+    return found.group(0).strip()
+
+
+def generate_identities(folder: Path, hosts: Sequence[str]) -> dict[str, tuple[Path, Path]]:
+    """Each host's identity and a trust store of every other host's, made through the CLI as
+    an operator would (``host-init``, ``host-export``, ``trust-add`` with the fingerprint the
+    peer printed): host id -> (identity file, trust store)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exported: dict[str, tuple[Path, str]] = {}
+    for host in hosts:
+        identity = folder / f"{host}.identity.json"
+        _cli("keys", "host-init", "--identity", str(identity), "--host-id", host)
+        public = folder / f"{host}.pub.json"
+        result = _cli("keys", "host-export", "--identity", str(identity), "--output", str(public))
+        exported[host] = (public, _fingerprint(result.stderr))
+    files = {}
+    for host in hosts:
+        trust = folder / f"{host}.trust.json"
+        for other in hosts:
+            if other != host:
+                public, fingerprint = exported[other]
+                _cli(
+                    "keys",
+                    "trust-add",
+                    str(public),
+                    "--fingerprint",
+                    fingerprint,
+                    "--trust-store",
+                    str(trust),
+                )
+        files[host] = (folder / f"{host}.identity.json", trust)
+    return files
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -89,6 +139,8 @@ class GatewayHost:
     keyring: Path
     replay_db: Path
     workdir: Path
+    #: The host's identity and trust store, for the identity suite.
+    identity: tuple[Path, Path] | None = None
 
     def write_config(
         self,
@@ -101,10 +153,12 @@ class GatewayHost:
         peer_listen: int | None = None,
         peer_links: Mapping[str, int] | None = None,
         limits: Mapping[str, Any] | None = None,
+        suite: str = "shared-key",
     ) -> Path:
         """A config with one route (``listen_port`` -> ``upstream_port``) and ``peers``
         (host id -> the ports where clients reach that host's proxy); the peer link listens on
-        ``peer_listen`` and reaches each peer at ``peer_links[host id]``."""
+        ``peer_listen`` and reaches each peer at ``peer_links[host id]``; every peer uses
+        ``suite`` (the identity suite needs this host's identity files)."""
         lines = [
             f"host_id = {_toml(self.host_id)}",
             f"keyring = {_toml(str(self.keyring))}",
@@ -112,10 +166,15 @@ class GatewayHost:
         ]
         if peer_listen is not None:
             lines.append(f"peer_listen = {_toml(f'{LOCALHOST}:{peer_listen}')}")
+        if suite == "identity":
+            if self.identity is None:
+                raise RigError(f"{self.host_id} has no identity for the identity suite")
+            lines.append(f"identity = {_toml(str(self.identity[0]))}")
+            lines.append(f"trust_store = {_toml(str(self.identity[1]))}")
         lines += _table("[limits]", {**TEST_LIMITS, **(limits or {})})
         for host_id, ports in peers.items():
             addresses = [f"{LOCALHOST}:{port}" for port in ports]
-            peer: dict[str, Any] = {"host_id": host_id, "addresses": addresses}
+            peer: dict[str, Any] = {"host_id": host_id, "addresses": addresses, "suite": suite}
             if peer_links and host_id in peer_links:
                 peer["peer_address"] = f"{LOCALHOST}:{peer_links[host_id]}"
             lines += _table("[[peers]]", peer)

@@ -29,6 +29,7 @@ import pytest
 
 from gateway.envelope import read_header
 from gateway.errors import GatewayError
+from gateway.keys import load_keyring
 from gateway.spice import (
     ChannelType,
     Direction,
@@ -42,6 +43,7 @@ from .proxies import (
     TARGET_HOST,
     GatewayHost,
     GatewayProxy,
+    generate_identities,
     generate_keyring,
     start_proxy,
 )
@@ -92,12 +94,26 @@ class Hosts:
 
 @pytest.fixture(scope="module")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Hosts:
-    """The two hosts' gateway files: one shared keyring, a replay database each."""
+    """The two hosts' gateway files: one shared keyring, a replay database each, and an
+    identity each with a trust store of the other's (used by the identity-suite runs)."""
     folder = tmp_path_factory.mktemp("gateway-hosts")
     keyring = generate_keyring(folder / "keyring.json")
+    identities = generate_identities(folder / "identities", [SOURCE_HOST, TARGET_HOST])
     return Hosts(
-        GatewayHost(SOURCE_HOST, keyring, folder / "source-replay.sqlite", folder / "source"),
-        GatewayHost(TARGET_HOST, keyring, folder / "target-replay.sqlite", folder / "target"),
+        GatewayHost(
+            SOURCE_HOST,
+            keyring,
+            folder / "source-replay.sqlite",
+            folder / "source",
+            identities[SOURCE_HOST],
+        ),
+        GatewayHost(
+            TARGET_HOST,
+            keyring,
+            folder / "target-replay.sqlite",
+            folder / "target",
+            identities[TARGET_HOST],
+        ),
     )
 
 
@@ -186,12 +202,14 @@ def deploy_proxied(
     prefix: str = "",
     peer_port: int | None = None,
     limits: dict[str, int] | None = None,
+    suite: str = "shared-key",
 ) -> Deployment:
     """Both QEMUs, the four relays, both proxies, and the client linked through them.
 
     ``peer_port`` replaces the address the source proxy lists for the target host (by default
     the one ``client_migrate_info`` names, so the target is trusted). The source announces
-    each attempt to the target over the peer link, each proxy listening on a port of its own.
+    each attempt to the target over the peer link, each proxy listening on a port of its own;
+    with ``suite = "identity"`` both agree a per-attempt key there under their identities.
     """
     source, destination = _start_qemus(rig, prefix)
     source_port, target_port, source_link, target_link = free_ports(4)
@@ -211,6 +229,7 @@ def deploy_proxied(
         peer_listen=source_link,
         peer_links={TARGET_HOST: target_link},
         limits=limits,
+        suite=suite,
     )
     target_config = hosts.target.write_config(
         f"{prefix}target",
@@ -221,6 +240,7 @@ def deploy_proxied(
         peer_listen=target_link,
         peer_links={SOURCE_HOST: source_link},
         limits=limits,
+        suite=suite,
     )
     with rig.timed(f"{prefix}proxies_up"):
         proxies = {
@@ -349,10 +369,11 @@ def finish_clean_migration(deployment: Deployment) -> dict[str, object]:
     return deployment.proxies["target"].wait_audit("migration_accepted")
 
 
+@pytest.mark.parametrize("suite", ["shared-key", "identity"])
 def test_seamless_migration_through_both_proxies(
-    e2e_rig: Rig, relays: list[Relay], hosts: Hosts
+    e2e_rig: Rig, relays: list[Relay], hosts: Hosts, suite: str
 ) -> None:
-    deployment = deploy_proxied(e2e_rig, relays, hosts)
+    deployment = deploy_proxied(e2e_rig, relays, hosts, suite=suite)
     accepted = finish_clean_migration(deployment)
     legs, proxies = deployment.legs, deployment.proxies
 
@@ -394,7 +415,13 @@ def test_seamless_migration_through_both_proxies(
     (announced,) = proxies["target"].audit("attempt_announced", source=SOURCE_HOST)
     assert announced["migration"] == accepted["migration"]
     assert announced["channels"] == len(MIGRATION_DATA_CHANNELS)
+    assert announced["suite"] == suite
     assert proxies["source"].audit("attempt_announced", migration=accepted["migration"])
+    # Every blob under one key: the shared keyring's, or this attempt's own, which is not.
+    key_ids = {read_header(handed[name].body).key_id for name in MIGRATION_DATA_CHANNELS}
+    assert len(key_ids) == 1
+    in_keyring = load_keyring(hosts.source.keyring).get(key_ids.pop()) is not None
+    assert in_keyring is (suite == "shared-key")
     for proxy in proxies.values():
         assert proxy.problems() == [], proxy.name  # no refusal, no warning of any kind
     assert deployment.relay_errors() == {}

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.identity import HostIdentity, TrustStore, save_identity, save_trust_store
 from gateway.keys import Keyring, save_keyring
 from gateway.proxy.config import ProxyConfig, parse_config
 from gateway.proxy.server import ProxyServer
@@ -301,6 +302,30 @@ class Proxies:
         self.keyring = keyring
         self.tls_files = tls_files
         self.socket_dir = socket_dir
+        self.identities: dict[str, HostIdentity] = {}
+
+    def identity(self, host_id: str) -> HostIdentity:
+        """``host_id``'s identity, made once per test; its file is ``<host>/identity.json``."""
+        if host_id not in self.identities:
+            identity = HostIdentity.create(host_id)
+            folder = self.tmp_path / host_id
+            folder.mkdir(exist_ok=True)
+            save_identity(identity, folder / "identity.json")
+            self.identities[host_id] = identity
+        return self.identities[host_id]
+
+    def identity_settings(self, host_id: str, trusted: Sequence[str]) -> dict[str, str]:
+        """Config keys for ``host_id``'s identity and a trust store of ``trusted`` hosts."""
+        self.identity(host_id)
+        store = TrustStore()
+        for other in trusted:
+            store, _ = store.with_peer(self.identity(other).public)
+        folder = self.tmp_path / host_id
+        save_trust_store(store, folder / "trust.json")
+        return {
+            "identity": str(folder / "identity.json"),
+            "trust_store": str(folder / "trust.json"),
+        }
 
     def host_files(self, host_id: str) -> HostFiles:
         folder = self.tmp_path / host_id
@@ -325,12 +350,19 @@ class Proxies:
         target_settings: Mapping[str, Any] | None = None,
         metrics: tuple[int, int] | None = None,
         target_route: Mapping[str, Any] | None = None,
+        suite: str = "shared-key",
+        target_peers: Sequence[str] = (),
+        target_suite: str | None = None,
     ) -> tuple[str, str, dict[str, tuple[int, int]]]:
         """TOML of both hosts for ``vms`` (name -> vm id, source upstream, target upstream);
         also the listen ports picked for each VM (source, target).
 
         With ``peer_link`` each host's peer link listens on a port of its own, and each names
         the other's in ``[[peers]]``; ``target_settings`` adds top-level keys to the target's.
+        With ``suite = "identity"`` each host gets an identity, trusts the other's, and names
+        the other as an identity peer. ``target_peers``: more hosts the target trusts as
+        sources (in the same suite), such as a third host of the fleet; ``target_suite``, the
+        target's own choice when it differs from the source's.
         """
         ports = {name: (free_port(), free_port()) for name in vms}
         peer_ports = (free_port(), free_port())
@@ -372,6 +404,15 @@ class Proxies:
             limits = {**TEST_LIMITS, **((source_limits, target_limits)[side] or {})}
             peer: dict[str, Any] = {"host_id": other, "addresses": addresses(1 - side)}
             settings: dict[str, Any] = {}
+            extra = list(target_peers) if side == 1 else []
+            mine = (target_suite or suite) if side == 1 else suite
+            peers = [peer] + [
+                {"host_id": host, "addresses": [f"127.0.0.1:{free_port()}"], "suite": mine}
+                for host in extra
+            ]
+            if mine == "identity":
+                peer["suite"] = mine
+                settings |= self.identity_settings(me, [other, *extra])
             if peer_link:
                 peer["peer_address"] = f"127.0.0.1:{peer_ports[1 - side]}"
                 settings["peer_listen"] = f"127.0.0.1:{peer_ports[side]}"
@@ -383,7 +424,7 @@ class Proxies:
                     keyring=self.keyring,
                     replay_db=files.replay_db,
                     routes=routes(side),
-                    peers=[peer],
+                    peers=peers,
                     limits=limits,
                     control_socket=files.control_socket if control else None,
                     settings=settings,
@@ -406,6 +447,9 @@ class Proxies:
         target_settings: Mapping[str, Any] | None = None,
         metrics: tuple[int, int] | None = None,
         target_route: Mapping[str, Any] | None = None,
+        suite: str = "shared-key",
+        target_peers: Sequence[str] = (),
+        target_suite: str | None = None,
     ) -> AsyncIterator[Rig]:
         """Scripted servers, then both proxies in this event loop; all torn down after."""
         servers: list[ScriptedServer] = []
@@ -433,6 +477,9 @@ class Proxies:
                 target_settings=target_settings,
                 metrics=metrics,
                 target_route=target_route,
+                suite=suite,
+                target_peers=target_peers,
+                target_suite=target_suite,
             )
             source_config = parse_config(source_text.encode(), "source config")
             target_config = parse_config(target_text.encode(), "target config")
