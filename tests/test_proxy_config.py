@@ -48,6 +48,7 @@ vm_id = "{uuid.UUID(int=2)}"
 upstream_tls = true
 upstream_ca = "/etc/smg/ca.pem"
 upstream_server_name = "spice.internal"
+allow_plaintext_client_leg = true
 """
 
 MINIMAL = f"""

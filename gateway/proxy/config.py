@@ -33,6 +33,13 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+#: Short enough to survive the 120-character cut of a config problem.
+_PLAINTEXT_UNDER_TLS = (
+    "upstream_tls without tls_cert: a plaintext client leg that spice-server takes for TLS "
+    "(allow_plaintext_client_leg)"
+)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, hide_input_in_errors=True)
 
@@ -75,6 +82,12 @@ class Route(_Strict):
     upstream_tls: bool = False
     upstream_ca: str | None = None
     upstream_server_name: str | None = None
+    allow_plaintext_client_leg: bool = False
+    """With ``upstream_tls`` and no client certificate, serve the client in plaintext anyway.
+
+    spice-server then treats the channel as secure (it came over TLS) while the client's bytes,
+    ticket included, cross the network in the clear: only for a client leg protected otherwise
+    (a loopback client, an IPsec or WireGuard link)."""
 
     @field_validator("listen", "upstream")
     @classmethod
@@ -88,6 +101,8 @@ class Route(_Strict):
             raise ValueError("tls_cert and tls_key go together")
         if self.upstream_ca is not None and not self.upstream_tls:
             raise ValueError("upstream_ca needs upstream_tls = true")
+        if self.upstream_tls and self.tls_cert is None and not self.allow_plaintext_client_leg:
+            raise ValueError(_PLAINTEXT_UNDER_TLS)
         return self
 
 
