@@ -282,6 +282,19 @@ class ProxyServer:
         # Every route's TLS settings are checked before any port opens.
         client_tls = {route.name: _client_tls(route) for route in self.config.routes}
         self._upstream_tls = {route.name: _upstream_tls(route) for route in self.config.routes}
+        # Before any port opens: a second proxy on this control socket stops here, not after it
+        # took clients.
+        if self.config.control_socket:
+            self._control = ControlServer(
+                self.config.control_socket,
+                {
+                    "health": self._cmd_health,
+                    "metrics": self._cmd_metrics,
+                    "prometheus": self._cmd_prometheus,
+                    "reload": self._cmd_reload,
+                },
+            )
+            await self._control.start()
         for route in self.config.routes:
             host, port = parse_address(route.listen)
             tls = client_tls[route.name]
@@ -306,17 +319,6 @@ class ProxyServer:
                 upstream=route.upstream,
                 tls=route.tls_cert is not None,
             )
-        if self.config.control_socket:
-            self._control = ControlServer(
-                self.config.control_socket,
-                {
-                    "health": self._cmd_health,
-                    "metrics": self._cmd_metrics,
-                    "prometheus": self._cmd_prometheus,
-                    "reload": self._cmd_reload,
-                },
-            )
-            await self._control.start()
 
     def health(self) -> dict[str, Any]:
         return {
