@@ -9,9 +9,10 @@ without keys controls: header, lengths, key id, truncation), it decrypts, mutate
 or the payload and seals again, so the checks behind the MAC are fuzzed too, as a source
 holding a valid key could attack them.
 
-Oracle: only GatewayError escapes; a refused blob leaves nothing in the replay guard; an opened
-blob matches the expectation field by field, is within its lifetime, re-encodes natively, and
-opening it a second time is refused as Replayed.
+Oracle: only GatewayError escapes; a refused blob is recorded in the replay guard exactly when
+its signature and ciphertext verified (an authentic blob is used once, accepted or refused); an
+opened blob matches the expectation field by field, is within its lifetime, re-encodes natively,
+and opening it a second time is refused as Replayed.
 """
 
 import atexit
@@ -168,9 +169,15 @@ def TestOneInput(data: bytes) -> None:
     try:
         opened = open_envelope(blob, expected, KEYRING, GUARD, policy=policy, now=NOW)
     except GatewayError as error:
-        _harness.check_refusal(error, len(blob), policy.max_blob_size)
-        if len(GUARD):
-            raise _harness.OracleFailure("a refused blob was recorded as consumed") from error
+        _harness.check_refusal(
+            error, len(blob), envelope.max_blob_size(expected.channel_type, policy)
+        )
+        recorded = len(GUARD)
+        GUARD.prune(FOREVER)
+        if error.authentic_blob is None and recorded:
+            raise _harness.OracleFailure("a refused forged blob was recorded") from error
+        if error.authentic_blob is not None and not recorded:
+            raise _harness.OracleFailure("a refused authentic blob was not recorded") from error
         return
     try:
         _check_opened(opened, expected, policy, blob)

@@ -29,6 +29,7 @@ __all__ = [
     "OffsetOutOfRange",
     "OverlappingBlocks",
     "ProtocolError",
+    "ReplayStoreError",
     "Replayed",
     "SchemaViolation",
     "TooLarge",
@@ -43,6 +44,11 @@ __all__ = [
 
 class GatewayError(Exception):
     """Root of every refusal. Anything else escaping the gateway is a bug."""
+
+    #: On the refusal of a blob whose signature had verified: its single-use id, how long to
+    #: keep it and the clock of the check (see ``gateway.envelope.spend``), so the caller can
+    #: record it although it was refused. None for every other error.
+    authentic_blob: tuple[bytes, int, int] | None = None
 
 
 # --- structure of outside bytes -------------------------------------------------------------
@@ -135,6 +141,13 @@ class NotYetValid(GatewayError):
 
 class Replayed(GatewayError):
     """The envelope was already opened once; blobs are single-use."""
+
+
+class ReplayStoreError(GatewayError):
+    """The replay database could not check or record a blob (locked, read-only, full, corrupt).
+
+    The blob is refused: single use cannot be promised without the record.
+    """
 
 
 class DowngradeRefused(GatewayError):

@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway import native
 from gateway.envelope import (
@@ -31,9 +31,10 @@ from gateway.envelope import (
     Policy,
     Verified,
     seal,
+    spend,
     verify,
 )
-from gateway.errors import ContextMismatch, GatewayError, ProtocolError
+from gateway.errors import ContextMismatch, GatewayError, ProtocolError, ReplayStoreError
 from gateway.keys import Keyring
 from gateway.proxy.config import ProxyConfig, Route
 from gateway.proxy.sessions import DATA_CHANNELS, Session, SessionTable
@@ -78,6 +79,19 @@ class ProxyState:
     metrics: Metrics
     policy: Policy
     clock: Callable[[], float] = time.time
+    #: Client addresses refusals are counted under (the rest count as "other"): a label per
+    #: address an attacker can vary (IPv6) must not grow the metrics without bound.
+    refusal_clients: set[str] = field(default_factory=set)
+
+
+#: How many client addresses get their own refusal counter.
+MAX_REFUSAL_CLIENTS = 256
+
+
+def client_address(peer: str) -> str:
+    """The address part of ``HOST:PORT`` (IPv6 as it comes, without its port)."""
+    host, sep, _ = peer.rpartition(":")
+    return host if sep else peer
 
 
 @functools.lru_cache(maxsize=1024)
@@ -181,7 +195,12 @@ class ChannelHandler:
         ):
             return await asyncio.to_thread(self.forward, event)
         if isinstance(migration, ClientMigrateData):
-            session, verified = self._verify(migration.payload)
+            try:
+                session, verified = self._verify(migration.payload)
+            except GatewayError as error:
+                if error.authentic_blob is not None:
+                    await asyncio.to_thread(self._spend, error)
+                raise
             return reframe(event, await asyncio.to_thread(self._accept, session, verified))
         return self.forward(event)
 
@@ -190,7 +209,14 @@ class ChannelHandler:
         session = self.session
         migration = session.migration_id if session is not None else None
         self.refused = True
-        self.state.metrics.inc("smg_refused_total", reason=reason, channel=self.channel_kind)
+        metrics = self.state.metrics
+        metrics.inc("smg_refused_total", reason=reason, channel=self.channel_kind)
+        metrics.inc("smg_refused_by_route_total", route=self.route.name)
+        client = client_address(self.peer)
+        known = self.state.refusal_clients
+        if client not in known and len(known) < MAX_REFUSAL_CLIENTS:
+            known.add(client)
+        metrics.inc("smg_refused_by_client_total", client=client if client in known else "other")
         audit(
             "channel_refused",
             f"refused {self.channel} of route {self.route.name}: {type(error).__name__}",
@@ -371,7 +397,29 @@ class ChannelHandler:
 
     def _open(self, blob: bytes) -> bytes:
         """Target host: sealed blob from the client -> native payload for spice-server."""
-        return self._accept(*self._verify(blob))
+        try:
+            session, verified = self._verify(blob)
+        except GatewayError as error:
+            self._spend(error)
+            raise
+        return self._accept(session, verified)
+
+    def _spend(self, error: GatewayError) -> None:
+        """Record the authentic blob ``error`` refused (waits for the disk): each is used once.
+
+        The refusal was audited already; a failure to record is logged beside it.
+        """
+        try:
+            spend(error, self.state.replay_guard)
+        except GatewayError as store:
+            log(
+                logging.ERROR,
+                "a refused authentic blob could not be recorded as used",
+                route=self.route.name,
+                channel=self.channel,
+                error=type(store).__name__,
+                detail=str(store),
+            )
 
     def _verify(self, blob: bytes) -> tuple[Session, Verified]:
         """Every check of ``blob`` but single use: CPU only, fit for the event loop."""
@@ -435,6 +483,10 @@ class ChannelHandler:
                 done = not session.completed and session.accepted >= session.expected_channels
                 if done:
                     session.completed = True
+        except ReplayStoreError as error:
+            # Single use cannot be promised without the record: refused, and said why.
+            self.refuse("replay_store", error)
+            raise  # pragma: no cover - refuse() raises
         except GatewayError as error:
             self.refuse("open", error)
             raise  # pragma: no cover - refuse() raises
