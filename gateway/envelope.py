@@ -807,13 +807,18 @@ def verify(
     *,
     policy: Policy = DEFAULT_POLICY,
     now: float | None = None,
+    replay_guard: ReplayGuard | None = None,
 ) -> Verified:
-    """Every check of :func:`open_envelope` except the replay guard, which the result's
-    :meth:`~Verified.consume` runs.
+    """Every check of :func:`open_envelope` except recording the blob, which the result's
+    :meth:`~Verified.consume` does.
 
     Raises a :class:`~gateway.errors.GatewayError` subclass for every refusal. A refusal of a
     blob whose signature and ciphertext verified carries
     :attr:`~gateway.errors.GatewayError.authentic_blob`: pass it to :func:`spend`.
+
+    With ``replay_guard``, a blob it already holds is refused as Replayed as soon as its
+    signature verifies: a used blob, accepted or refused, is never decrypted or decoded again.
+    The lookup reads the database (it may wait for a commit in progress).
     """
     limit = max_blob_size(expected.channel_type, policy)
     if len(blob) > limit:
@@ -832,6 +837,8 @@ def verify(
     mac = _hmac(mac_key, authenticated + blob[tag_end - TAG_SIZE : tag_end])
     if not hmac.compare_digest(mac, blob[tag_end:]):
         raise AuthenticationFailed("envelope: signature does not verify")
+    if replay_guard is not None and header.salt in replay_guard:
+        raise Replayed(f"blob {header.salt[:8].hex()}… was already used")
     clock = _check_time(time.time() if now is None else now, "now")
     # The header and context are a key holder's from here on. Until the context is decoded its
     # expiry is unknown: keep a refused blob as long as any blob issued now could live.
@@ -924,7 +931,10 @@ def open_envelope(
     before this returns.
     """
     try:
-        return verify(blob, expected, keyring, policy=policy, now=now).consume(replay_guard)
+        verified = verify(
+            blob, expected, keyring, policy=policy, now=now, replay_guard=replay_guard
+        )
+        return verified.consume(replay_guard)
     except GatewayError as error:
         if error.authentic_blob is not None and not isinstance(error, Replayed):
             try:

@@ -221,9 +221,14 @@ class ReplayGuard:
 
     def __contains__(self, blob_id: object) -> bool:
         with self._lock:
-            row = self._conn().execute(
-                "SELECT 1 FROM consumed WHERE blob_id = ?", (blob_id,)
-            ).fetchone()
+            try:
+                row = self._conn().execute(
+                    "SELECT 1 FROM consumed WHERE blob_id = ?", (blob_id,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise ReplayStoreError(
+                    f"replay database {self.path}: {type(exc).__name__}: {exc}"
+                ) from None
         return row is not None
 
     def __len__(self) -> int:

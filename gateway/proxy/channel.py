@@ -398,7 +398,7 @@ class ChannelHandler:
     def _open(self, blob: bytes) -> bytes:
         """Target host: sealed blob from the client -> native payload for spice-server."""
         try:
-            session, verified = self._verify(blob)
+            session, verified = self._verify(blob, seen=True)
         except GatewayError as error:
             self._spend(error)
             raise
@@ -421,8 +421,12 @@ class ChannelHandler:
                 detail=str(store),
             )
 
-    def _verify(self, blob: bytes) -> tuple[Session, Verified]:
-        """Every check of ``blob`` but single use: CPU only, fit for the event loop."""
+    def _verify(self, blob: bytes, *, seen: bool = False) -> tuple[Session, Verified]:
+        """Every check of ``blob`` but single use: CPU only, fit for the event loop.
+
+        ``seen``: first refuse a blob the replay guard already holds (a database read, so only
+        off the loop; it keeps a used large blob from being decrypted and decoded again).
+        """
         session = self.session
         try:
             self._check_data_channel()
@@ -443,7 +447,11 @@ class ChannelHandler:
                 self.state.keyring(),
                 policy=self.state.policy,
                 now=self.state.clock(),
+                replay_guard=self.state.replay_guard if seen else None,
             )
+        except ReplayStoreError as error:
+            self.refuse("replay_store", error)
+            raise  # pragma: no cover - refuse() raises
         except GatewayError as error:
             self.refuse("open", error)
             raise  # pragma: no cover - refuse() raises
