@@ -837,9 +837,9 @@ def verify(
     mac = _hmac(mac_key, authenticated + blob[tag_end - TAG_SIZE : tag_end])
     if not hmac.compare_digest(mac, blob[tag_end:]):
         raise AuthenticationFailed("envelope: signature does not verify")
-    if replay_guard is not None and header.salt in replay_guard:
-        raise Replayed(f"blob {header.salt[:8].hex()}… was already used")
     clock = _check_time(time.time() if now is None else now, "now")
+    if replay_guard is not None and replay_guard.seen(header.salt, clock):
+        raise Replayed(f"blob {header.salt[:8].hex()}… was already used")
     # The header and context are a key holder's from here on. Until the context is decoded its
     # expiry is unknown: keep a refused blob as long as any blob issued now could live.
     keep_until = _keep_until(clock + MAX_CLOCK_SKEW + MAX_TTL)

@@ -219,6 +219,20 @@ class ReplayGuard:
                 return
         request.recorded = True
 
+    def seen(self, blob_id: bytes, now: int) -> bool:
+        """Whether ``blob_id`` is recorded and still kept at ``now`` (a read, no write)."""
+        with self._lock:
+            try:
+                row = self._conn().execute(
+                    "SELECT 1 FROM consumed WHERE blob_id = ? AND keep_until >= ?",
+                    (blob_id, now),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise ReplayStoreError(
+                    f"replay database {self.path}: {type(exc).__name__}: {exc}"
+                ) from None
+        return row is not None
+
     def __contains__(self, blob_id: object) -> bool:
         with self._lock:
             try:

@@ -30,6 +30,7 @@ from gateway.envelope import (
     ANY_MIGRATION,
     HEADER_SIZE,
     MAC_SIZE,
+    MAX_CLOCK_SKEW,
     MAX_PAYLOAD,
     TAG_SIZE,
     Context,
@@ -417,8 +418,10 @@ def test_the_replay_record_outlives_the_blob(keyring: Keyring, guard: ReplayGuar
     other = seal(state, context_for(channel), keyring, now=NOW + TTL)
     attempt(other, now=NOW + TTL + SKEW)
     refused(attempt, blob, Replayed, now=NOW + TTL + SKEW)
-    # One second later the first row may go: the blob is refused as expired anyway.
-    refused(attempt, blob, Expired, now=NOW + TTL + SKEW + 1)
+    # The row stays until no opener, whatever its skew, could accept the blob; then it may go,
+    # and the blob is refused as expired anyway.
+    refused(attempt, blob, Replayed, now=NOW + TTL + MAX_CLOCK_SKEW)
+    refused(attempt, blob, Expired, now=NOW + TTL + MAX_CLOCK_SKEW + 1)
 
 
 def test_lifetime_longer_than_policy_is_refused(keyring: Keyring, guard: ReplayGuard) -> None:
@@ -651,19 +654,22 @@ def test_checks_run_in_the_documented_order(
     wrong_vm = dataclasses.replace(expected, vm_id=uuid.uuid4())
     # Key lookup before the signature: an unknown key wins over tampering.
     refused(opener(Keyring.create(), guard, expected), flip(blob, len(blob) * 8 - 1), UnknownKey)
-    # Comparison before lifetime, lifetime before versions, everything before replay.
+    # Comparison before lifetime, lifetime before versions.
     refused(opener(keyring, other, wrong_vm), blob, ContextMismatch, now=NOW + 10 * TTL)
     refused(opener(keyring, other, expected, Policy(min_schema_version=2)), blob, Expired,
             now=NOW + 10 * TTL)
-    other.close()
-    opener(keyring, guard, expected)(blob)
-    refused(opener(keyring, guard, expected), blob, Expired, now=NOW + 10 * TTL)
-    refused(opener(keyring, guard, wrong_vm), blob, ContextMismatch)
     # Schema before comparison: a hostile state for the wrong VM is a schema violation.
     bad = by_compromised_source(keyring, msgpack.packb({"x": 1}), raw_context_for(
         ChannelType.DISPLAY, vm_id=uuid.uuid4()))
-    refused(opener(keyring, guard, expected), bad, SchemaViolation)
-    # The hostile blob shares the sample's salt, so it is the same (spent) blob id.
+    with ReplayGuard(tmp_path / "third-target.db") as third:
+        refused(opener(keyring, third, expected), bad, SchemaViolation)
+    other.close()
+    opener(keyring, guard, expected)(blob)
+    # A used blob is refused right after its signature, before every later check...
+    refused(opener(keyring, guard, wrong_vm), blob, Replayed)
+    refused(opener(keyring, guard, expected), bad, Replayed)  # same salt: the same blob id
+    # ...for as long as any opener could accept it; after that its lifetime refuses it.
+    refused(opener(keyring, guard, expected), blob, Expired, now=NOW + 10 * TTL)
     assert len(guard) == 1
 
 
