@@ -48,9 +48,16 @@ class Limits(_Strict):
     """Resource bounds; every one of them applies per process."""
 
     max_connections: Annotated[int, Field(ge=1, le=65536)] = 1024
+    max_connections_per_route: Annotated[int, Field(ge=1, le=65536)] = 256
+    """One VM's port cannot take every connection slot from the others."""
+    max_connections_per_client: Annotated[int, Field(ge=1, le=65536)] = 128
+    """Connections from one client address, over all routes (a SPICE session uses ~10)."""
     max_message_size: Annotated[int, Field(ge=4096, le=1 << 30)] = 64 * 1024 * 1024
     max_buffered_bytes: Annotated[int, Field(ge=65536, le=1 << 30)] = 4 * 1024 * 1024
-    link_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    max_buffered_total: Annotated[int, Field(ge=65536, le=1 << 40)] = 512 * 1024 * 1024
+    """Partial messages held over all connections and both directions: one memory budget,
+    where each connection alone may hold up to max_message_size per direction."""
+    link_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     shutdown_grace: Annotated[float, Field(ge=0, le=600)] = 10.0
     blob_ttl: Annotated[int, Field(ge=1, le=3600)] = 300
     clock_skew: Annotated[int, Field(ge=0, le=300)] = 5
