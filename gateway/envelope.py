@@ -11,10 +11,13 @@ another): per-blob keys from HKDF-SHA256(secret, salt) with separate labels for 
 MAC, AES-256-GCM over the msgpack-encoded state with header + context as associated data, and
 HMAC-SHA256 over header + context + GCM tag.
 
-Opening checks, in this order, and nothing is skipped: size; fixed header fields; key id;
-HMAC (constant time); GCM decryption; context; msgpack with every limit; strict schema;
-context comparison; lifetime and clock skew; minimum versions; and last, the replay guard, so
-a blob is recorded as consumed only when everything else passed.
+Opening checks, in this order, and nothing is skipped: size (overall and the expected
+channel's bound); fixed header fields; key id; HMAC (constant time); with the guard at hand, a
+lookup that refuses a used blob; the authenticated channel's payload bound; GCM decryption;
+context; msgpack object count and every limit; strict schema; context comparison; lifetime and
+clock skew; minimum versions; and last, the replay guard's record. A blob whose signature and
+ciphertext verified is recorded whatever the outcome (see :func:`spend`): each authentic blob is
+processed at most once, accepted or refused.
 
 :func:`open_envelope` is the one-call API. Beneath it, :func:`verify` runs every check but the
 last and returns a :class:`Verified` whose state only :meth:`Verified.consume` hands out, after the
@@ -765,7 +768,8 @@ class Verified:
         """Record the blob as used (durably) and return what was opened, or raise Replayed.
 
         ``claim`` goes to :meth:`ReplayGuard.consume`: a last check, atomic with the record;
-        if it raises, nothing is recorded and this raises its error.
+        if it raises, the blob stays recorded (it is authentic: used once, accepted or refused)
+        and this raises its error.
         """
         replay_guard.consume(self.blob_id, self.keep_until, now=self.checked_at, claim=claim)
         return self._opened
