@@ -9,11 +9,10 @@ without keys controls: header, lengths, key id, truncation), it decrypts, mutate
 or the payload and seals again, so the checks behind the MAC are fuzzed too, as a source
 holding a valid key could attack them.
 
-Oracle: only GatewayError escapes; a refused blob leaves nothing in the replay guard; an opened
-blob matches the expectation field by field, is within its lifetime, re-encodes natively, and
-opening it a second time is refused as Replayed. The same blob is also read unauthenticated, as
-``inspect`` shows it: that too raises only GatewayError, and for a blob that opens it shows
-exactly the authenticated context and lifetime.
+Oracle: only GatewayError escapes; a refused blob is recorded in the replay guard exactly when
+its signature and ciphertext verified (an authentic blob is used once, accepted or refused); an
+opened blob matches the expectation field by field, is within its lifetime, re-encodes natively,
+and opening it a second time is refused as Replayed.
 """
 
 import atexit
@@ -168,6 +167,8 @@ def TestOneInput(data: bytes) -> None:
         return
     expected, policy = choose(data[0])
     blob = data[1:]
+    # Rows a blob with an expiry near the end of time left behind survive pruning: compare.
+    before = len(GUARD)
     try:
         shown: tuple[Any, ...] | None = read_unauthenticated(blob)[1:]
     except GatewayError as error:
@@ -176,11 +177,17 @@ def TestOneInput(data: bytes) -> None:
     try:
         opened = open_envelope(blob, expected, KEYRING, GUARD, policy=policy, now=NOW)
     except GatewayError as error:
-        _harness.check_refusal(error, len(blob), policy.max_blob_size)
-        if len(GUARD):
-            raise _harness.OracleFailure("a refused blob was recorded as consumed") from error
+        _harness.check_refusal(
+            error, len(blob), envelope.max_blob_size(expected.channel_type, policy)
+        )
+        spent = error.authentic_blob
+        if spent is None and len(GUARD) != before:
+            raise _harness.OracleFailure("a refused forged blob was recorded") from error
+        if spent is not None and spent[0] not in GUARD:
+            raise _harness.OracleFailure("a refused authentic blob was not recorded") from error
         if isinstance(error, SchemaViolation):
             _check_depth_first(blob, policy)
+        GUARD.prune(FOREVER)
         return
     try:
         _check_opened(opened, expected, policy, blob)

@@ -654,6 +654,18 @@ def builder_seeds() -> Seeds:
     return Seeds(inputs=[rng.randbytes(rng.randrange(16, 1024)) for _ in range(20_000)])
 
 
+def caps_seeds() -> Seeds:
+    """Fuzz data for the tree builder of the caps harness: random bytes (any bytes build a
+    tree), plus inputs that repeat a one-byte leaf at the widest fan-out, which build trees
+    just under and over the object cap."""
+    rng = random.Random(1)
+    inputs = [rng.randbytes(rng.randrange(8, 512)) for _ in range(1_000)]
+    for fill in range(0, 256, 17):
+        inputs.append(bytes([fill]) * 64)
+        inputs.append(bytes([0xFF, fill]) * 32)
+    return Seeds(inputs=inputs)
+
+
 def open_seeds() -> Seeds:
     opener = _table.load(_table.discover(["envelope_open"])[0])
     active = next(k for k in opener.KEYRING.keys if k.state is KeyState.ACTIVE)
@@ -1397,6 +1409,7 @@ def generate(harness: _table.Harness) -> Seeds | None:
         "envelope_open": open_seeds,
         "envelope_payload": payload_seeds,
         "envelope_payload_structured": builder_seeds,
+        "envelope_caps_structured": caps_seeds,
         "keyring": keyring_seeds,
         "proxy_config": proxy_config_seeds,
         "identity": identity_seeds,

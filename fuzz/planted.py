@@ -105,10 +105,11 @@ BUGS = (
         "ChannelHandler.rewrite",
         (
             (
-                "session, verified = self._verify(migration.payload)",
+                "try:\n            session, verified = self._verify(migration.payload)",
                 "if self.session is not None and self.session.migration_id is None:\n"
                 "            return event.raw\n"
-                "        session, verified = self._verify(migration.payload)",
+                "        try:\n"
+                "            session, verified = self._verify(migration.payload)",
             ),
         ),
         ("proxy_pair",),

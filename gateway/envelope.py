@@ -11,10 +11,13 @@ another): per-blob keys from HKDF-SHA256(secret, salt) with separate labels for 
 MAC, AES-256-GCM over the msgpack-encoded state with header + context as associated data, and
 HMAC-SHA256 over header + context + GCM tag.
 
-Opening checks, in this order, and nothing is skipped: size; fixed header fields; key id;
-HMAC (constant time); GCM decryption; context; msgpack with every limit; strict schema;
-context comparison; lifetime and clock skew; minimum versions; and last, the replay guard, so
-a blob is recorded as consumed only when everything else passed.
+Opening checks, in this order, and nothing is skipped: size (overall and the expected
+channel's bound); fixed header fields; key id; HMAC (constant time); with the guard at hand, a
+lookup that refuses a used blob; the authenticated channel's payload bound; GCM decryption;
+context; msgpack object count and every limit; strict schema; context comparison; lifetime and
+clock skew; minimum versions; and last, the replay guard's record. A blob whose signature and
+ciphertext verified is recorded whatever the outcome (see :func:`spend`): each authentic blob is
+processed at most once, accepted or refused.
 
 :func:`open_envelope` is the one-call API. Beneath it, :func:`verify` runs every check but the
 last and returns a :class:`Verified` whose state only :meth:`Verified.consume` hands out, after the
@@ -24,13 +27,13 @@ for the disk) in different places, but cannot get the state without both.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hmac
 import os
 import struct
 import time
 import uuid
-from _hashlib import hmac_new
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NamedTuple
@@ -51,6 +54,7 @@ from gateway.errors import (
     GatewayError,
     MalformedInput,
     NotYetValid,
+    Replayed,
     TooLarge,
     Truncated,
     UnaccountedBytes,
@@ -62,6 +66,7 @@ from gateway.replay import ReplayGuard
 from schemas import ChannelType, StateModel, model_for
 from schemas.chardev import MAX_PENDING_WRITE
 from schemas.display import NUM_SURFACES
+from schemas.smartcard import MAX_VSC_LENGTH, VSC_HEADER_SIZE
 
 __all__ = [
     "ANY_MIGRATION",
@@ -72,6 +77,8 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "MAX_CLOCK_SKEW",
+    "MAX_OBJECTS",
+    "MAX_PAYLOAD",
     "MAX_TTL",
     "SUITE",
     "Context",
@@ -82,10 +89,12 @@ __all__ = [
     "Policy",
     "Verified",
     "decode_state",
+    "max_blob_size",
     "open_envelope",
     "read_header",
     "read_unauthenticated",
     "seal",
+    "spend",
     "verify",
 ]
 
@@ -119,7 +128,36 @@ DEFAULT_CLOCK_SKEW: Final = 30
 """Seconds the hosts' clocks may differ, applied to both ends of a blob's lifetime. The one
 default for the library, the command and the proxy (SECURITY.md, "Clock skew")."""
 MAX_CLOCK_SKEW: Final = 300
-"""The largest clock skew any opener accepts: it lengthens every lifetime and replay row."""
+"""The largest clock skew any opener accepts: it lengthens every lifetime and replay row. The
+replay guard keeps every blob id until its expiry plus this, whoever recorded it, so an opener
+with a small skew never prunes a blob that one with a larger skew sharing the database would
+still accept."""
+
+#: Largest msgpack payload a valid state of each channel can have, from what spice-server 0.15
+#: can produce for it (SECURITY.md, "Limits", gives the derivation). Checked against the
+#: expected channel before anything else, and against the authenticated channel before
+#: decryption: a display or inputs blob of megabytes is refused without being decrypted.
+_CHARDEV_PAYLOAD: Final = MAX_PENDING_WRITE + 4 * 1024
+MAX_PAYLOAD: Final[dict[ChannelType, int]] = {
+    # 26,624-byte receive buffer; the largest state encodes to 26,908 bytes.
+    ChannelType.MAIN: 40 * 1024,
+    # 1,024 lossy surfaces (native 20,564 bytes) encode to 62,356 bytes: room for an encoder
+    # that writes every integer in its widest form.
+    ChannelType.DISPLAY: 128 * 1024,
+    # One u16 (15 bytes encoded).
+    ChannelType.INPUTS: 256,
+    # The pending write queue and a partial VSC message of at most 65,564 bytes.
+    ChannelType.SMARTCARD: _CHARDEV_PAYLOAD + VSC_HEADER_SIZE + MAX_VSC_LENGTH,
+    ChannelType.USBREDIR: _CHARDEV_PAYLOAD,
+    ChannelType.PORT: _CHARDEV_PAYLOAD,
+    ChannelType.WEBDAV: _CHARDEV_PAYLOAD,
+}
+#: Header, the longest context, GCM tag and signature.
+_FRAMING: Final = HEADER_SIZE + _MAX_CONTEXT + TAG_SIZE + MAC_SIZE
+MAX_OBJECTS: Final = 16 * 1024
+"""msgpack objects (every value, key and container) in one payload. The largest state, a display
+with 1,024 lossy surfaces, has 13,345; the bound keeps a key holder's payload of millions of
+one-byte objects from becoming millions of Python objects."""
 
 RandomBytes = Callable[[int], bytes]
 
@@ -284,8 +322,10 @@ class ExpectedContext:
 class Policy:
     """The opener's limits. All have safe defaults; none can switch a check off."""
 
-    max_blob_size: int = MAX_PENDING_WRITE + 64 * 1024
-    """Refused before anything else is looked at. Default: the largest valid state plus framing."""
+    max_blob_size: int = max(MAX_PAYLOAD.values()) + _FRAMING
+    """Refused before anything else is looked at, whatever the channel (each channel has its
+    own, smaller bound as well: :func:`max_blob_size`). Default: the largest valid state of any
+    channel with the largest framing."""
     clock_skew: int = DEFAULT_CLOCK_SKEW
     """Seconds the two hosts' clocks may differ, applied to both ends of the lifetime."""
     max_ttl: int = MAX_TTL
@@ -298,9 +338,18 @@ class Policy:
     """Strings are only field names and union tags."""
     max_array_len: int = NUM_SURFACES
     max_map_len: int = 64
+    max_objects: int = MAX_OBJECTS
+    """msgpack objects in the whole payload, counted before any is built."""
 
     def __post_init__(self) -> None:
-        for name in ("max_blob_size", "max_ttl", "max_depth", "max_str_len", "max_map_len"):
+        for name in (
+            "max_blob_size",
+            "max_ttl",
+            "max_depth",
+            "max_str_len",
+            "max_map_len",
+            "max_objects",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"policy {name} must be positive")
         if not 0 <= self.clock_skew <= MAX_CLOCK_SKEW:
@@ -348,10 +397,9 @@ class Opened:
 
 
 def _hmac(key: bytes, message: bytes) -> bytes:
-    # OpenSSL's HMAC straight from CPython's _hashlib, the object hmac.new wraps (and the
-    # drop-in replacement should _hashlib change): for messages this small, hmac.py's Python
-    # layers cost more than the hashing, and every blob takes four HMACs.
-    return hmac_new(key, message, "sha256").digest()
+    # The one-shot public form (OpenSSL's HMAC underneath): for messages this small, hmac.new's
+    # Python object layers would cost more than the hashing, and every blob takes four HMACs.
+    return hmac.digest(key, message, "sha256")
 
 
 def _derive(secret: bytes, salt: bytes) -> tuple[bytes, bytes]:
@@ -602,8 +650,63 @@ def _check_depth(obj: object, limit: int) -> None:
         level = below
 
 
+#: For each msgpack lead byte (not a fix type): the size of its length field (0 for none), the
+#: bytes after it that belong to it, and what the length counts: 0 bytes, 1 items, 2 pairs.
+_LENGTHS: Final = {
+    0xC4: (1, 0, 0), 0xC5: (2, 0, 0), 0xC6: (4, 0, 0),   # bin
+    0xD9: (1, 0, 0), 0xDA: (2, 0, 0), 0xDB: (4, 0, 0),   # str
+    0xDC: (2, 0, 1), 0xDD: (4, 0, 1),                    # array
+    0xDE: (2, 0, 2), 0xDF: (4, 0, 2),                    # map
+    0xCA: (0, 4, 0), 0xCB: (0, 8, 0),                    # float
+    0xCC: (0, 1, 0), 0xCD: (0, 2, 0), 0xCE: (0, 4, 0), 0xCF: (0, 8, 0),  # uint
+    0xD0: (0, 1, 0), 0xD1: (0, 2, 0), 0xD2: (0, 4, 0), 0xD3: (0, 8, 0),  # int
+    0xC0: (0, 0, 0), 0xC2: (0, 0, 0), 0xC3: (0, 0, 0),   # nil, false, true
+}  # fmt: skip
+
+
+def _count_objects(payload: bytes, limit: int) -> None:
+    """Refuse a payload of more than ``limit`` msgpack objects, building none of them.
+
+    A walk over the lead bytes that skips strings and byte strings whole, so it costs one step
+    per object (a handful for a char device's megabytes) and stops at the limit. It decides
+    nothing else: malformed input is left for the unpacker to refuse.
+    """
+    size = len(payload)
+    offset = count = 0
+    pending = 1
+    while pending and offset < size:
+        pending -= 1
+        count += 1
+        if count > limit:
+            raise CountOutOfRange(f"sealed state: more than {limit} msgpack objects")
+        lead = payload[offset]
+        offset += 1
+        if lead <= 0x7F or lead >= 0xE0:
+            continue  # fixint
+        if lead <= 0x8F:
+            pending += 2 * (lead & 0x0F)  # fixmap
+        elif lead <= 0x9F:
+            pending += lead & 0x0F  # fixarray
+        elif lead <= 0xBF:
+            offset += lead & 0x1F  # fixstr
+        else:
+            shape = _LENGTHS.get(lead)
+            if shape is None:
+                return  # ext or the unused lead byte: refused by the unpacker
+            width, fixed, unit = shape
+            length = int.from_bytes(payload[offset : offset + width], "big") if width else 0
+            offset += width + fixed
+            if unit == 0:
+                offset += length
+            else:
+                pending += unit * length
+
+
 def _unpack(payload: bytes, policy: Policy) -> object:
     """msgpack with every limit set before the input can make anything allocate."""
+    # Every object takes at least one byte, so only a longer payload can hold too many.
+    if len(payload) > policy.max_objects:
+        _count_objects(payload, policy.max_objects)
     try:
         obj = msgpack.unpackb(
             payload,
@@ -681,7 +784,8 @@ class Verified:
 
     _opened: Opened = field(repr=False)
     keep_until: int
-    """Unix seconds the replay guard must keep the blob id: expiry plus the allowed skew."""
+    """Unix seconds the replay guard must keep the blob id: expiry plus the largest skew any
+    opener may allow (:data:`MAX_CLOCK_SKEW`)."""
     checked_at: int
     """The clock the checks used, which the guard prunes with."""
 
@@ -703,10 +807,40 @@ class Verified:
         """Record the blob as used (durably) and return what was opened, or raise Replayed.
 
         ``claim`` goes to :meth:`ReplayGuard.consume`: a last check, atomic with the record;
-        if it raises, nothing is recorded and this raises its error.
+        if it raises, the blob stays recorded (it is authentic: used once, accepted or refused)
+        and this raises its error.
         """
         replay_guard.consume(self.blob_id, self.keep_until, now=self.checked_at, claim=claim)
         return self._opened
+
+
+def max_blob_size(channel_type: ChannelType, policy: Policy = DEFAULT_POLICY) -> int:
+    """The largest blob an opener accepts for ``channel_type``: the channel's largest payload
+    (:data:`MAX_PAYLOAD`) with the largest framing, never more than ``policy.max_blob_size``."""
+    bound = MAX_PAYLOAD.get(channel_type)
+    # A channel without migration data has no state at all; its schema lookup refuses it.
+    return policy.max_blob_size if bound is None else min(policy.max_blob_size, bound + _FRAMING)
+
+
+def _keep_until(expires_at: int) -> int:
+    return min(expires_at + MAX_CLOCK_SKEW, (1 << 63) - 1)
+
+
+def spend(error: GatewayError, replay_guard: ReplayGuard) -> bool:
+    """Record the authentic blob that ``error`` refused, if any, so it cannot be offered again.
+
+    :func:`verify` marks every refusal that comes after the signature and the ciphertext
+    verified (:attr:`GatewayError.authentic_blob`): such a blob is used once, accepted or
+    refused. Returns whether there was one; raises
+    :class:`~gateway.errors.ReplayStoreError` if the guard could not record it.
+    """
+    spent = error.authentic_blob
+    if spent is None:
+        return False
+    blob_id, keep_until, checked_at = spent
+    with contextlib.suppress(Replayed):
+        replay_guard.consume(blob_id, keep_until, now=checked_at)
+    return True
 
 
 def verify(
@@ -716,14 +850,25 @@ def verify(
     *,
     policy: Policy = DEFAULT_POLICY,
     now: float | None = None,
+    replay_guard: ReplayGuard | None = None,
 ) -> Verified:
-    """Every check of :func:`open_envelope` except the replay guard, which the result's
-    :meth:`~Verified.consume` runs.
+    """Every check of :func:`open_envelope` except recording the blob, which the result's
+    :meth:`~Verified.consume` does.
 
-    Raises a :class:`~gateway.errors.GatewayError` subclass for every refusal.
+    Raises a :class:`~gateway.errors.GatewayError` subclass for every refusal. A refusal of a
+    blob whose signature and ciphertext verified carries
+    :attr:`~gateway.errors.GatewayError.authentic_blob`: pass it to :func:`spend`.
+
+    With ``replay_guard``, a blob it already holds is refused as Replayed as soon as its
+    signature verifies: a used blob, accepted or refused, is never decrypted or decoded again.
+    The lookup reads the database (it may wait for a commit in progress).
     """
-    if len(blob) > policy.max_blob_size:
-        raise TooLarge(f"envelope: {len(blob)} bytes, over the {policy.max_blob_size}-byte limit")
+    limit = max_blob_size(expected.channel_type, policy)
+    if len(blob) > limit:
+        raise TooLarge(
+            f"envelope: {len(blob)} bytes, over the {limit}-byte limit for "
+            f"{expected.channel_type.name.lower()} state"
+        )
     blob = bytes(blob)
     header = read_header(blob)
     key = keyring.for_opening(header.key_id)
@@ -738,42 +883,83 @@ def verify(
             "envelope was tampered with, or sealed with a different secret under the same key "
             "id: signature does not verify"
         )
+    clock = _check_time(time.time() if now is None else now, "now")
+    if replay_guard is not None and replay_guard.seen(header.salt, clock):
+        raise Replayed(f"blob {header.salt[:8].hex()}… was already used")
+    # The header and context are a key holder's from here on. Until the context is decoded its
+    # expiry is unknown: keep a refused blob as long as any blob issued now could live.
+    keep_until = _keep_until(clock + MAX_CLOCK_SKEW + MAX_TTL)
+    try:
+        # The authenticated channel's bound, before decryption (the expected one was checked
+        # first; a blob naming another channel is refused later as a mismatch anyway).
+        channel = _CHANNEL_TYPES.get(blob[HEADER_SIZE])
+        bound = None if channel is None else MAX_PAYLOAD.get(channel)
+        if channel is not None and bound is not None and header.body_length > bound:
+            raise TooLarge(
+                f"envelope: a {header.body_length}-byte payload is over the "
+                f"{bound}-byte limit for {channel.name.lower()} state"
+            )
+    except GatewayError as error:
+        error.authentic_blob = (header.salt, keep_until, clock)
+        raise
     try:
         payload = AESGCM(enc_key).decrypt(
             _NONCE, memoryview(blob)[context_end:tag_end], authenticated
         )
     except InvalidTag:
+        # Not authentic: the ciphertext is not the key holder's, so nothing is spent.
         raise AuthenticationFailed(
             "envelope was tampered with: ciphertext does not verify"
         ) from None
+    try:
+        return _check_authentic(blob, header, payload, expected, policy, clock, context_end)
+    except GatewayError as error:
+        if error.authentic_blob is None:  # the context itself was refused
+            error.authentic_blob = (header.salt, keep_until, clock)
+        raise
 
+
+def _check_authentic(
+    blob: bytes,
+    header: Header,
+    payload: bytes,
+    expected: ExpectedContext,
+    policy: Policy,
+    clock: int,
+    context_end: int,
+) -> Verified:
+    """The checks after authentication; a refusal here spends the blob (see :func:`spend`)."""
     context, issued_at, expires_at = _decode_context(blob[HEADER_SIZE:context_end], expected)
-    state = decode_state(payload, context.channel_type, context.schema_version, policy=policy)
-    del payload  # the state holds its own copy of any large bytes; free this one early
+    keep_until = _keep_until(expires_at)
+    try:
+        state = decode_state(payload, context.channel_type, context.schema_version, policy=policy)
+        del payload  # the state holds its own copy of any large bytes; free this one early
 
-    _compare(expected, context)
-    clock = _check_time(time.time() if now is None else now, "now")
-    if expires_at - issued_at > policy.max_ttl:
-        raise ContextMismatch(
-            "expires_at",
-            f"lifetime {expires_at - issued_at} s exceeds the accepted {policy.max_ttl} s",
-        )
-    if clock > expires_at + policy.clock_skew:
-        raise Expired(f"envelope expired {clock - expires_at} s ago")
-    if issued_at > clock + policy.clock_skew:
-        raise NotYetValid(f"envelope issued {issued_at - clock} s in the future")
-    if header.format_version < policy.min_format_version:
-        raise DowngradeRefused(
-            f"format version {header.format_version} is below the minimum "
-            f"{policy.min_format_version}"
-        )
-    if context.schema_version < policy.min_schema_version:
-        raise DowngradeRefused(
-            f"schema version {context.schema_version} is below the minimum "
-            f"{policy.min_schema_version}"
-        )
+        _compare(expected, context)
+        if expires_at - issued_at > policy.max_ttl:
+            raise ContextMismatch(
+                "expires_at",
+                f"lifetime {expires_at - issued_at} s exceeds the accepted {policy.max_ttl} s",
+            )
+        if clock > expires_at + policy.clock_skew:
+            raise Expired(f"envelope expired {clock - expires_at} s ago")
+        if issued_at > clock + policy.clock_skew:
+            raise NotYetValid(f"envelope issued {issued_at - clock} s in the future")
+        if header.format_version < policy.min_format_version:
+            raise DowngradeRefused(
+                f"format version {header.format_version} is below the minimum "
+                f"{policy.min_format_version}"
+            )
+        if context.schema_version < policy.min_schema_version:
+            raise DowngradeRefused(
+                f"schema version {context.schema_version} is below the minimum "
+                f"{policy.min_schema_version}"
+            )
+    except GatewayError as error:
+        error.authentic_blob = (header.salt, keep_until, clock)
+        raise
     opened = Opened(state, context, issued_at, expires_at, header.key_id, header.salt)
-    return Verified(opened, expires_at + policy.clock_skew, clock)
+    return Verified(opened, keep_until, clock)
 
 
 def open_envelope(
@@ -787,7 +973,21 @@ def open_envelope(
 ) -> Opened:
     """Verify, decrypt, decode and check ``blob``; record it as consumed; return its state.
 
-    Raises a :class:`~gateway.errors.GatewayError` subclass for every refusal, and records
-    nothing unless every check passed. The record is durable before this returns.
+    Raises a :class:`~gateway.errors.GatewayError` subclass for every refusal. A blob whose
+    signature and ciphertext verified is recorded whatever the outcome (an authentic blob is
+    used once, accepted or refused); any other blob records nothing. The record is durable
+    before this returns.
     """
-    return verify(blob, expected, keyring, policy=policy, now=now).consume(replay_guard)
+    try:
+        verified = verify(
+            blob, expected, keyring, policy=policy, now=now, replay_guard=replay_guard
+        )
+        return verified.consume(replay_guard)
+    except GatewayError as error:
+        if error.authentic_blob is not None and not isinstance(error, Replayed):
+            try:
+                spend(error, replay_guard)
+            except GatewayError as store:
+                # The refusal stands; say that it could not be recorded as well.
+                error.add_note(f"not recorded as used: {type(store).__name__}: {store}")
+        raise

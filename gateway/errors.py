@@ -47,6 +47,11 @@ __all__ = [
 class GatewayError(Exception):
     """Root of every refusal. Anything else escaping the gateway is a bug."""
 
+    #: On the refusal of a blob whose signature had verified: its single-use id, how long to
+    #: keep it and the clock of the check (see ``gateway.envelope.spend``), so the caller can
+    #: record it although it was refused. None for every other error.
+    authentic_blob: tuple[bytes, int, int] | None = None
+
 
 # --- structure of outside bytes -------------------------------------------------------------
 
@@ -140,6 +145,13 @@ class Replayed(GatewayError):
     """The envelope was already opened once; blobs are single-use."""
 
 
+class ReplayStoreError(GatewayError):
+    """The replay database could not check or record a blob (locked, read-only, full, corrupt).
+
+    The blob is refused: single use cannot be promised without the record.
+    """
+
+
 class DowngradeRefused(GatewayError):
     """A format or schema version below the accepted minimum."""
 
@@ -158,10 +170,6 @@ class IdentityError(GatewayError):
 
 class ConfigError(GatewayError):
     """A configuration file that cannot be used."""
-
-
-class ReplayStoreError(GatewayError):
-    """The replay database failed to record a blob: without the record, the blob is refused."""
 
 
 class HookRefused(GatewayError):

@@ -37,11 +37,13 @@ from gateway.errors import GatewayError, KeyringError, UnknownKey
 
 __all__ = [
     "KEY_ID_SIZE",
+    "MIN_DISTINCT_SECRET_BYTES",
     "SECRET_SIZE",
     "Key",
     "KeyState",
     "Keyring",
     "KeyringFile",
+    "check_secret_strength",
     "dump_keyring",
     "hex_field",
     "load_keyring",
@@ -60,6 +62,10 @@ FILE_KIND: Final = "spice-migration-gateway keyring"
 FILE_VERSION: Final = 1
 #: A keyring of a few hundred keys is far below this; a larger file is not a keyring.
 MAX_FILE_SIZE: Final = 1024 * 1024
+#: A secret with fewer distinct byte values than this is refused as obviously not random:
+#: 32 random bytes show about 30 distinct values, and fewer than 12 happens with probability
+#: below 2^-80, while 0x41 repeated or 31 zero bytes and a one show 1 or 2.
+MIN_DISTINCT_SECRET_BYTES: Final = 12
 
 RandomBytes = Callable[[int], bytes]
 
@@ -125,7 +131,18 @@ class Key:
         """A fresh key with a random id and secret."""
         rand = random_bytes or os.urandom
         created = int(time.time() if now is None else now)
-        return cls(rand(KEY_ID_SIZE), state, created, rand(SECRET_SIZE))
+        key = cls(rand(KEY_ID_SIZE), state, created, rand(SECRET_SIZE))
+        check_secret_strength(key)
+        return key
+
+
+def check_secret_strength(key: Key) -> None:
+    """Refuse a secret that is obviously not random (the message never shows the secret)."""
+    if key.secret and len(set(key.secret)) < MIN_DISTINCT_SECRET_BYTES:
+        raise KeyringError(
+            f"key {key.id_hex}: secret is too regular to be random (fewer than "
+            f"{MIN_DISTINCT_SECRET_BYTES} distinct byte values); generate it with `keys generate`"
+        )
 
 
 class Keyring:
@@ -139,10 +156,20 @@ class Keyring:
     def __init__(self, keys: Iterable[Key]) -> None:
         self._keys = tuple(keys)
         self._by_id: dict[bytes, Key] = {}
+        #: Which key holds each secret: one secret under two ids would stay usable after one
+        #: of them is retired. Compared as dictionary keys, at load time, never with outside data.
+        owners: dict[bytes, Key] = {}
         for key in self._keys:
             if key.key_id in self._by_id:
                 raise KeyringError(f"duplicate key id {key.id_hex}")
             self._by_id[key.key_id] = key
+            if key.secret:
+                other = owners.setdefault(key.secret, key)
+                if other is not key:
+                    raise KeyringError(
+                        f"keys {other.id_hex} and {key.id_hex} share one secret; "
+                        "each key needs its own"
+                    )
         active = [k for k in self._keys if k.state is KeyState.ACTIVE]
         if len(active) != 1:
             raise KeyringError(f"a keyring needs exactly one active key, found {len(active)}")
@@ -325,7 +352,9 @@ def _key_from_json(entry: object, index: int) -> Key:
         secret = b""
     else:
         secret = hex_field(entry, "secret", SECRET_SIZE, where)
-    return Key(key_id, state, _parse_iso(created, where), secret)
+    key = Key(key_id, state, _parse_iso(created, where), secret)
+    check_secret_strength(key)
+    return key
 
 
 def parse_keyring(text: str | bytes) -> Keyring:

@@ -12,19 +12,28 @@ one migration wait for each other. Threads that call :meth:`~ReplayGuard.consume
 is under way therefore share the next one (group commit): whoever takes the commit lock records
 every request queued so far in one transaction, and each caller returns only once the
 transaction holding its own record is durable.
+
+Whoever can write the database can undo single use, so it is opened like the keyring: never
+through a symbolic link, owned by the running user, mode 0600 (created so), in a directory no
+other user can write to. A database that fails while checking or recording (locked past the busy
+timeout, read-only, full, corrupt) is a :class:`~gateway.errors.ReplayStoreError`: the blob is
+refused, and the caller can say why.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from gateway.errors import ConfigError, Replayed
+from gateway.errors import ConfigError, Replayed, ReplayStoreError
 
 __all__ = ["ReplayGuard"]
 
@@ -64,7 +73,7 @@ def _copy_error(exc: BaseException) -> BaseException:
     thread's traceback); anything but a database error or a closed guard (an interruption, a
     bug) becomes a RuntimeError rather than being re-raised in other threads.
     """
-    if isinstance(exc, sqlite3.Error | RuntimeError):
+    if isinstance(exc, ReplayStoreError | RuntimeError):
         return type(exc)(*exc.args)
     return RuntimeError(f"replay guard: the shared commit failed ({type(exc).__name__})")
 
@@ -88,7 +97,7 @@ class ReplayGuard:
         try:
             # Create it owner-only before SQLite does: whoever can write this file can undo
             # single use. SQLite gives the -wal and -shm files the same mode.
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            _check_file(self.path)
             self._db = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -137,10 +146,11 @@ class ReplayGuard:
         ``claim``, if given, is called once the blob id is known to be new, inside the
         transaction that records it and before any later request of the same commit: the place
         for a last decision that must be atomic with single use (the proxy pins a session's
-        migration id there). If it raises, the blob is not recorded and this call raises that
-        error. It must be quick and must not call back into this guard. If the commit itself
-        fails, every request of it fails with the commit's error and records nothing, but a
-        claim already made stands.
+        migration id there). If it raises, the blob is still recorded (an authentic blob is used
+        once, accepted or refused) and this call raises that error. It must be quick and must
+        not call back into this guard. If the commit itself fails, every request of it fails
+        with a :class:`~gateway.errors.ReplayStoreError` (the commit's failure) and records
+        nothing, but a claim already made stands.
         """
         request = _Request(blob_id, keep_until, now, claim)
         with self._queue_lock:
@@ -171,8 +181,17 @@ class ReplayGuard:
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
-                    db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
+        except sqlite3.Error as exc:
+            store_error = ReplayStoreError(
+                f"replay database {self.path}: {type(exc).__name__}: {exc}"
+            )
+            for request in batch:
+                request.recorded = False
+                request.error = _copy_error(store_error)
+            raise store_error from None
         except BaseException as exc:
             for request in batch:
                 request.recorded = False
@@ -194,17 +213,36 @@ class ReplayGuard:
             try:
                 request.claim()
             except Exception as exc:
-                # Undone inside the transaction, so the row never becomes visible.
-                db.execute("DELETE FROM consumed WHERE blob_id = ?", (request.blob_id,))
+                # The blob stays recorded: it was authentic, and an authentic blob is used
+                # once, accepted or refused; the caller gets the claim's refusal.
                 request.error = exc
                 return
         request.recorded = True
 
+    def seen(self, blob_id: bytes, now: int) -> bool:
+        """Whether ``blob_id`` is recorded and still kept at ``now`` (a read, no write)."""
+        with self._lock:
+            try:
+                row = self._conn().execute(
+                    "SELECT 1 FROM consumed WHERE blob_id = ? AND keep_until >= ?",
+                    (blob_id, now),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise ReplayStoreError(
+                    f"replay database {self.path}: {type(exc).__name__}: {exc}"
+                ) from None
+        return row is not None
+
     def __contains__(self, blob_id: object) -> bool:
         with self._lock:
-            row = self._conn().execute(
-                "SELECT 1 FROM consumed WHERE blob_id = ?", (blob_id,)
-            ).fetchone()
+            try:
+                row = self._conn().execute(
+                    "SELECT 1 FROM consumed WHERE blob_id = ?", (blob_id,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise ReplayStoreError(
+                    f"replay database {self.path}: {type(exc).__name__}: {exc}"
+                ) from None
         return row is not None
 
     def __len__(self) -> int:
@@ -238,3 +276,62 @@ class ReplayGuard:
 
     def __repr__(self) -> str:
         return f"ReplayGuard({str(self.path)!r})"
+
+
+def _check_owned(info: os.stat_result, what: str) -> None:
+    if info.st_uid != os.geteuid():
+        raise ConfigError(f"{what} is owned by uid {info.st_uid}, not by this user")
+
+
+def _check_file(path: Path) -> None:
+    """Create the database owner-only if missing; refuse one that others could change.
+
+    The checks run on the opened descriptor (no symbolic link followed), so the file checked is
+    the file SQLite opens next: the directory, checked first, lets nobody else swap it.
+    """
+    directory = path.parent
+    info = os.stat(directory)
+    if info.st_mode & 0o022:
+        raise ConfigError(
+            f"replay database directory {directory} is writable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); it must not be"
+        )
+    if info.st_uid not in (os.geteuid(), 0):
+        raise ConfigError(
+            f"replay database directory {directory} is owned by uid {info.st_uid}, "
+            "neither this user nor root"
+        )
+    try:
+        fd = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600
+        )
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(f"replay database {path} is a symbolic link") from None
+        raise
+    try:
+        info = os.fstat(fd)
+    finally:
+        os.close(fd)
+    _check_private(info, f"replay database {path}")
+    # SQLite opens these itself, following links: check any that exist already.
+    for suffix in ("-wal", "-shm", "-journal"):
+        companion = path.with_name(path.name + suffix)
+        try:
+            info = os.lstat(companion)
+        except FileNotFoundError:
+            continue
+        _check_private(info, f"replay database file {companion}")
+
+
+def _check_private(info: os.stat_result, what: str) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"{what} is a symbolic link")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{what} is not a regular file")
+    _check_owned(info, what)
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            f"{what} is accessible to group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            "it must be 0600"
+        )

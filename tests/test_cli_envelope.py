@@ -138,14 +138,19 @@ def test_open_checks_the_context(
     keyring_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     blob = seal_sample(capsys, keyring_path, tmp_path, "display")
+    # Each refusal on its own target's database: a refused authentic blob is spent there.
     wrong_vm = open_args(keyring_path, tmp_path, blob, "display")
     wrong_vm[wrong_vm.index("--vm") + 1] = str(uuid.uuid4())
+    wrong_vm[wrong_vm.index("--replay-db") + 1] = str(tmp_path / "target-1.db")
     refused_as(capsys, "ContextMismatch", *wrong_vm)
     refused_as(capsys, "ContextMismatch", "open", *context_args("display", source="other"),
-               "--keyring", str(keyring_path), "--replay-db", str(tmp_path / "replay.db"),
+               "--keyring", str(keyring_path), "--replay-db", str(tmp_path / "target-2.db"),
                str(blob))
     refused_as(capsys, "ContextMismatch", "open", *context_args("main"), "--keyring",
-               str(keyring_path), "--replay-db", str(tmp_path / "replay.db"), str(blob))
+               str(keyring_path), "--replay-db", str(tmp_path / "target-3.db"), str(blob))
+    # ...and spent there: the same blob, rightly addressed, is a replay on that database.
+    refused_as(capsys, "Replayed", "open", *context_args("display"), "--keyring",
+               str(keyring_path), "--replay-db", str(tmp_path / "target-3.db"), str(blob))
     # The first channel of a session may accept any migration, from any trusted source.
     code, _, err = run(
         capsys, "open", *context_args("display", source="other", migration="any"),

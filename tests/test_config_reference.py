@@ -26,6 +26,6 @@ def test_every_key_appears_with_its_bounds() -> None:
         for name in model.model_fields:
             assert f"| `{name}` |" in text
     assert "| `max_connections` | integer | `1024` | >= 1, <= 65536 |" in text
-    assert "| `link_timeout` | number | `30.0` | > 0, <= 600 |" in text
+    assert "| `link_timeout` | number | `10.0` | > 0, <= 600 |" in text
     assert "## `[[routes]]`" in text
     assert "## `[limits]`" in text

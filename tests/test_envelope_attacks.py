@@ -30,6 +30,8 @@ from gateway.envelope import (
     ANY_MIGRATION,
     HEADER_SIZE,
     MAC_SIZE,
+    MAX_CLOCK_SKEW,
+    MAX_PAYLOAD,
     TAG_SIZE,
     Context,
     Direction,
@@ -126,6 +128,12 @@ def opener(
         return open_envelope(blob, expected, keyring, guard, policy=policy or Policy(), now=now)
 
     return attempt
+
+
+def assert_spent(guard: ReplayGuard, blob: bytes) -> None:
+    """An authentic blob that was refused is recorded all the same: it is used once."""
+    assert read_header(blob).salt in guard
+    assert len(guard) == 1
 
 
 def refused(open_blob: Any, blob: bytes, error: type[GatewayError], **kwargs: Any) -> GatewayError:
@@ -381,15 +389,18 @@ def test_replay_is_refused_even_after_sigkill_right_after_open(
 
 
 def test_expiry_and_future_are_refused_with_the_allowed_skew(
-    keyring: Keyring, guard: ReplayGuard
+    keyring: Keyring, tmp_path: Path
 ) -> None:
     blob, expected = sealed_sample("main", keyring)
-    attempt = opener(keyring, guard, expected)
-    refused(attempt, blob, Expired, now=NOW + TTL + SKEW + 1)
-    refused(attempt, blob, NotYetValid, now=NOW - SKEW - 1)
-    refused(attempt, blob, Expired, now=NOW + 10 * TTL)
-    assert len(guard) == 0
-    attempt(blob, now=NOW + TTL + SKEW)  # the last accepted second
+    refusals = [(NOW + TTL + SKEW + 1, Expired), (NOW - SKEW - 1, NotYetValid),
+                (NOW + 10 * TTL, Expired)]
+    for index, (now, error) in enumerate(refusals):
+        # Each attempt on its own target: a refused authentic blob is spent where it was tried.
+        with ReplayGuard(tmp_path / f"target-{index}.db") as guard:
+            refused(opener(keyring, guard, expected), blob, error, now=now)
+            assert_spent(guard, blob)
+    with ReplayGuard(tmp_path / "fresh.db") as guard:
+        opener(keyring, guard, expected)(blob, now=NOW + TTL + SKEW)  # the last accepted second
 
 
 def test_future_blob_within_skew_opens(keyring: Keyring, guard: ReplayGuard) -> None:
@@ -407,8 +418,10 @@ def test_the_replay_record_outlives_the_blob(keyring: Keyring, guard: ReplayGuar
     other = seal(state, context_for(channel), keyring, now=NOW + TTL)
     attempt(other, now=NOW + TTL + SKEW)
     refused(attempt, blob, Replayed, now=NOW + TTL + SKEW)
-    # One second later the first row may go: the blob is refused as expired anyway.
-    refused(attempt, blob, Expired, now=NOW + TTL + SKEW + 1)
+    # The row stays until no opener, whatever its skew, could accept the blob; then it may go,
+    # and the blob is refused as expired anyway.
+    refused(attempt, blob, Replayed, now=NOW + TTL + MAX_CLOCK_SKEW)
+    refused(attempt, blob, Expired, now=NOW + TTL + MAX_CLOCK_SKEW + 1)
 
 
 def test_lifetime_longer_than_policy_is_refused(keyring: Keyring, guard: ReplayGuard) -> None:
@@ -422,7 +435,7 @@ def test_lifetime_longer_than_policy_is_refused(keyring: Keyring, guard: ReplayG
     )
     assert isinstance(error, ContextMismatch)
     assert error.field == "expires_at"
-    assert len(guard) == 0
+    assert_spent(guard, blob)
 
 
 # --- context -------------------------------------------------------------------------------
@@ -448,7 +461,7 @@ def test_each_context_field_must_match(
     error = refused(opener(keyring, guard, wrong), blob, ContextMismatch)
     assert isinstance(error, ContextMismatch)
     assert error.field == field
-    assert len(guard) == 0
+    assert_spent(guard, blob)
 
 
 def test_any_migration_still_checks_every_other_field(
@@ -467,13 +480,13 @@ def test_any_migration_still_checks_every_other_field(
 def test_schema_version_below_minimum_is_refused(keyring: Keyring, guard: ReplayGuard) -> None:
     blob, expected = sealed_sample("display", keyring)
     refused(opener(keyring, guard, expected, Policy(min_schema_version=2)), blob, DowngradeRefused)
-    assert len(guard) == 0
+    assert_spent(guard, blob)
 
 
 def test_format_version_below_minimum_is_refused(keyring: Keyring, guard: ReplayGuard) -> None:
     blob, expected = sealed_sample("display", keyring)
     refused(opener(keyring, guard, expected, Policy(min_format_version=2)), blob, DowngradeRefused)
-    assert len(guard) == 0
+    assert_spent(guard, blob)
 
 
 @pytest.mark.parametrize(("version", "suite"), [(0, 1), (2, 1), (1, 0), (1, 2), (1, 255)])
@@ -496,7 +509,7 @@ def test_unknown_schema_version_is_refused(keyring: Keyring, guard: ReplayGuard)
     blob = by_compromised_source(keyring, payload, raw_context_for(channel, schema_version=9))
     expected = ExpectedContext.of(context_for(channel, schema_version=9))
     refused(opener(keyring, guard, expected), blob, UnsupportedVersion)
-    assert len(guard) == 0
+    assert_spent(guard, blob)
 
 
 # --- a compromised source: valid key, hostile bytes ----------------------------------------
@@ -580,10 +593,14 @@ def test_hostile_payload_from_a_key_holder_is_refused(
     case: str, keyring: Keyring, guard: ReplayGuard
 ) -> None:
     payload, error = BOMBS[case]
-    channel = ChannelType.INPUTS
+    # Inputs state is at most 256 bytes: a larger bomb goes to the display channel, whose
+    # bound lets it through to the msgpack limits it aims at (they come before the schema).
+    channel = ChannelType.INPUTS if len(payload) <= MAX_PAYLOAD[ChannelType.INPUTS] else (
+        ChannelType.DISPLAY
+    )
     blob = by_compromised_source(keyring, payload, raw_context_for(channel))
     refused(opener(keyring, guard, ExpectedContext.of(context_for(channel))), blob, error)
-    assert len(guard) == 0
+    assert_spent(guard, blob)
 
 
 def test_the_state_the_bombs_alter_is_valid(keyring: Keyring, guard: ReplayGuard) -> None:
@@ -622,28 +639,37 @@ def test_hostile_context_from_a_key_holder_is_refused(
     blob = by_compromised_source(keyring, msgpack.packb(INPUTS), context)
     refused(opener(keyring, guard, ExpectedContext.of(context_for(ChannelType.INPUTS))), blob,
             error)
-    assert len(guard) == 0
+    assert_spent(guard, blob)
 
 
 # --- check order ---------------------------------------------------------------------------
 
 
-def test_checks_run_in_the_documented_order(keyring: Keyring, guard: ReplayGuard) -> None:
+def test_checks_run_in_the_documented_order(
+    keyring: Keyring, guard: ReplayGuard, tmp_path: Path
+) -> None:
     blob, expected = sealed_sample("display", keyring)
+    # Refusals of the authentic blob spend it: those before its open go to another target.
+    other = ReplayGuard(tmp_path / "other-target.db")
     wrong_vm = dataclasses.replace(expected, vm_id=uuid.uuid4())
     # Key lookup before the signature: an unknown key wins over tampering.
     refused(opener(Keyring.create(), guard, expected), flip(blob, len(blob) * 8 - 1), UnknownKey)
-    # Comparison before lifetime, lifetime before versions, everything before replay.
-    refused(opener(keyring, guard, wrong_vm), blob, ContextMismatch, now=NOW + 10 * TTL)
-    refused(opener(keyring, guard, expected, Policy(min_schema_version=2)), blob, Expired,
+    # Comparison before lifetime, lifetime before versions.
+    refused(opener(keyring, other, wrong_vm), blob, ContextMismatch, now=NOW + 10 * TTL)
+    refused(opener(keyring, other, expected, Policy(min_schema_version=2)), blob, Expired,
             now=NOW + 10 * TTL)
-    opener(keyring, guard, expected)(blob)
-    refused(opener(keyring, guard, expected), blob, Expired, now=NOW + 10 * TTL)
-    refused(opener(keyring, guard, wrong_vm), blob, ContextMismatch)
     # Schema before comparison: a hostile state for the wrong VM is a schema violation.
     bad = by_compromised_source(keyring, msgpack.packb({"x": 1}), raw_context_for(
         ChannelType.DISPLAY, vm_id=uuid.uuid4()))
-    refused(opener(keyring, guard, expected), bad, SchemaViolation)
+    with ReplayGuard(tmp_path / "third-target.db") as third:
+        refused(opener(keyring, third, expected), bad, SchemaViolation)
+    other.close()
+    opener(keyring, guard, expected)(blob)
+    # A used blob is refused right after its signature, before every later check...
+    refused(opener(keyring, guard, wrong_vm), blob, Replayed)
+    refused(opener(keyring, guard, expected), bad, Replayed)  # same salt: the same blob id
+    # ...for as long as any opener could accept it; after that its lifetime refuses it.
+    refused(opener(keyring, guard, expected), blob, Expired, now=NOW + 10 * TTL)
     assert len(guard) == 1
 
 
@@ -651,7 +677,7 @@ def test_checks_run_in_the_documented_order(keyring: Keyring, guard: ReplayGuard
 
 
 def test_no_secret_in_any_error_log_or_repr(
-    keyring: Keyring, guard: ReplayGuard, caplog: pytest.LogCaptureFixture
+    keyring: Keyring, guard: ReplayGuard, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     caplog.set_level(logging.DEBUG)
     blob, expected = sealed_sample("main", keyring)
@@ -672,7 +698,9 @@ def test_no_secret_in_any_error_log_or_repr(
         with pytest.raises(GatewayError) as caught:
             attempt(candidate)
         shown += [str(caught.value), repr(caught.value), repr(caught.value.args)]
-    opened = attempt(blob)
+    # The hostile blobs share the sample's salt and spent it: open the sample on a fresh target.
+    with ReplayGuard(tmp_path / "fresh.db") as fresh:
+        opened = opener(keyring, fresh, expected)(blob)
     shown += [repr(opened), str(opened), repr(keyring), str(keyring), repr(guard)]
     shown += [repr(k) for k in keyring.keys]
     shown += [record.getMessage() for record in caplog.records]

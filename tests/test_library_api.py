@@ -86,7 +86,8 @@ def test_open_refuses_a_blob_bound_elsewhere(
     with pytest.raises(ContextMismatch) as caught:
         gateway.open_native(blob, keyring=keyring, replay_guard=guard, **arguments)  # type: ignore[arg-type]
     assert caught.value.field == field
-    assert len(guard) == 0
+    # It authenticated, so it is used once all the same (refused, and recorded).
+    assert len(guard) == 1
 
 
 def test_open_is_single_use_and_refuses_truncation(

@@ -48,6 +48,7 @@ vm_id = "{uuid.UUID(int=2)}"
 upstream_tls = true
 upstream_ca = "/etc/smg/ca.pem"
 upstream_server_name = "spice.internal"
+allow_plaintext_client_leg = true
 """
 
 MINIMAL = f"""
@@ -98,7 +99,7 @@ def test_minimal_file_takes_the_defaults() -> None:
     assert config.control_socket is None
     assert config.peers == ()
     assert config.limits.max_connections == 1024
-    assert config.limits.link_timeout == 30.0
+    assert config.limits.link_timeout == 10.0
     assert config.routes[0].tls_cert is None
     assert not config.routes[0].upstream_tls
 

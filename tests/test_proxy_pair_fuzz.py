@@ -40,34 +40,39 @@ def _seeds(fuzz: dict[str, ModuleType]) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(
-    ("seed", "sealed", "accepted"),
+    ("seed", "sealed", "accepted", "recorded"),
     [
-        ("migration", 3, 3),
-        ("migration-full-header", 3, 3),
-        ("migration-split-reads", 3, 3),
-        ("replayed-blob", 3, 3),
-        ("replay-after-reconnect", 3, 1),
-        ("cancelled-then-again", 3, 3),
-        ("untrusted-destination", 0, 0),
-        ("native-from-client", 0, 0),
-        ("flipped-and-truncated", 3, 1),
-        ("wrong-channel", 3, 2),
-        ("back-to-the-source", 3, 0),
-        ("expired", 3, 0),
+        ("migration", 3, 3, 3),
+        ("migration-full-header", 3, 3, 3),
+        ("migration-split-reads", 3, 3, 3),
+        ("replayed-blob", 3, 3, 3),
+        ("replay-after-reconnect", 3, 1, 1),
+        ("cancelled-then-again", 3, 3, 3),
+        ("untrusted-destination", 0, 0, 0),
+        ("native-from-client", 0, 0, 0),
+        ("flipped-and-truncated", 3, 1, 1),
+        # The display blob sent on the inputs channel is authentic: refused there, it is used
+        # all the same, so relayed again on its own channel it is Replayed.
+        ("wrong-channel", 3, 1, 2),
+        ("back-to-the-source", 3, 0, 0),
+        # The first expired blob relayed is refused (and recorded); the main channel's refusal
+        # ends the client's session before the others arrive.
+        ("expired", 3, 0, 1),
         # The second attempt supersedes the first at the target (peer link): the first
-        # attempt's two blobs relayed after it are refused, as are the second's on that
-        # session, which pinned the first attempt.
-        ("two-migrations", 6, 1),
-        ("two-migrations-verified-together", 6, 1),
-        ("a-migration-verified-together", 3, 3),
+        # attempt's two blobs relayed after it are refused (and recorded, being authentic), as
+        # are the second's on that session, which pinned the first attempt.
+        ("two-migrations", 6, 1, 3),
+        ("two-migrations-verified-together", 6, 1, 2),
+        ("a-migration-verified-together", 3, 3, 3),
     ],
 )
 def test_scripts_migrate_what_they_say(
-    fuzz: dict[str, ModuleType], seed: str, sealed: int, accepted: int
+    fuzz: dict[str, ModuleType], seed: str, sealed: int, accepted: int, recorded: int
 ) -> None:
+    """Every authentic blob the target read is recorded, accepted or refused (used once)."""
     run = fuzz["proxy_pair_fuzzer"].run_script(_seeds(fuzz)[seed])
     assert (len(run.pool), len(run.accepted)) == (sealed, accepted)
-    assert len(run.target.guard) == accepted
+    assert len(run.target.guard) == recorded
 
 
 def test_a_replayed_blob_is_refused_and_closes_the_channel(fuzz: dict[str, ModuleType]) -> None:
@@ -88,7 +93,7 @@ def test_blobs_verified_together_pin_one_migration(fuzz: dict[str, ModuleType]) 
         for name in ("main", "display", "inputs")
     )
     assert refused == 1
-    assert len(run.target.guard) == 1
+    assert len(run.target.guard) == 2  # the refused blob is authentic: recorded too
     (accepted,) = run.accepted
     current = run.target.state.attempts.current(run.target.route.vm_id)
     assert current is not None

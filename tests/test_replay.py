@@ -236,11 +236,13 @@ def test_a_claim_decides_in_queue_order_within_a_commit(tmp_path: Path) -> None:
         assert outcomes["first"] == outcomes["third"] == "recorded"
         assert isinstance(outcomes["second"], ContextMismatch)
         assert pinned == ["x", "x"]
-        assert b"2" * 32 not in guard
-        assert len(guard) == 3
+        # Refused by its claim, yet recorded: an authentic blob is used once, whatever the
+        # outcome.
+        assert b"2" * 32 in guard
+        assert len(guard) == 4
 
 
-def test_a_refusing_claim_records_nothing(tmp_path: Path) -> None:
+def test_a_refusing_claim_still_records_the_blob(tmp_path: Path) -> None:
     with ReplayGuard(tmp_path / "r.db") as guard:
         calls: list[int] = []
 
@@ -250,12 +252,12 @@ def test_a_refusing_claim_records_nothing(tmp_path: Path) -> None:
 
         with pytest.raises(ContextMismatch, match="refused by the claim"):
             guard.consume(b"a" * 32, NOW + 60, now=NOW, claim=refuse)
-        assert b"a" * 32 not in guard
-        # Not recorded, so a later consume is the first one; a replay never reaches the claim.
-        guard.consume(b"a" * 32, NOW + 60, now=NOW, claim=lambda: calls.append(2))
+        # Recorded in the same transaction as the refusal: it cannot be offered again, and a
+        # replay never reaches the claim.
+        assert b"a" * 32 in guard
         with pytest.raises(Replayed):
-            guard.consume(b"a" * 32, NOW + 60, now=NOW, claim=lambda: calls.append(3))
-        assert calls == [1, 2]
+            guard.consume(b"a" * 32, NOW + 60, now=NOW, claim=lambda: calls.append(2))
+        assert calls == [1]
 
 
 def test_a_failed_commit_records_nothing_and_the_next_one_works(tmp_path: Path) -> None:

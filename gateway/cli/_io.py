@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from gateway.errors import TooLarge
@@ -38,18 +40,34 @@ def refuse_terminal(path: str | None) -> None:
 
 
 def write_output(path: str | None, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, or to stdout when ``path`` is None or ``-``."""
+    """Write ``data`` to ``path`` atomically, or to stdout when ``path`` is None or ``-``.
+
+    The bytes go to an unpredictable temporary file in the destination's directory, created
+    exclusively (``O_EXCL``, no symbolic link followed) with mode 0600 whatever the umask, since
+    it may hold decrypted state; it is fsynced and renamed over ``path``. A link planted at the
+    temporary name cannot redirect the write, and one at ``path`` is replaced, not followed.
+    """
     if path is None or path == "-":
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
     target = Path(path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    directory = target.parent
+    # mkstemp: a random name, O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600.
+    fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
-        with temporary.open("wb") as handle:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o600)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        temporary.replace(target)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
     finally:
-        temporary.unlink(missing_ok=True)
+        os.close(dir_fd)

@@ -71,6 +71,7 @@ def run_demo(folder: str | None = None) -> int:
     vm, migration = uuid.uuid4(), uuid.uuid4()
     failures = 0
     sealed: dict[str, bytes] = {}
+    opened_blobs: dict[str, bytes] = {}
     shown: Opened | None = None
 
     def expected(name: str) -> ExpectedContext:
@@ -102,7 +103,10 @@ def run_demo(folder: str | None = None) -> int:
                         schema_version=type(state).schema_version,
                     )
                     blob = seal(state, context, keyring)
-                    sealed[name] = blob
+                    opened_blobs[name] = blob
+                    # A second blob of the same state, never opened: what the attacks tamper
+                    # with (an opened blob is refused as Replayed before anything else).
+                    sealed[name] = seal(state, context, keyring)
                     opened = open_envelope(blob, expected(name), keyring, guard)
                     if shown is None or name == "display":
                         shown = opened
@@ -115,7 +119,7 @@ def run_demo(folder: str | None = None) -> int:
                     print(f"{name:<10} {len(payload):>8} {'-':>8}  {type(error).__name__}: {error}")
             if shown is not None:
                 _show_binding(shown)
-            failures += _show_refusals(sealed, expected, keyring, guard)
+            failures += _show_refusals(sealed, opened_blobs, expected, keyring, guard)
         finally:
             guard.close()
     print("demo passed" if not failures else f"demo FAILED ({failures})")
@@ -141,18 +145,19 @@ def _show_binding(opened: Opened) -> None:
 
 def _show_refusals(
     sealed: dict[str, bytes],
+    opened: dict[str, bytes],
     expected: Any,
     keyring: Keyring,
     guard: ReplayGuard,
 ) -> int:
     """Each attack must be refused; returns how many were not."""
-    if "display" not in sealed or "inputs" not in sealed:
+    if "display" not in sealed or "inputs" not in sealed or "display" not in opened:
         return 0
     flipped = bytearray(sealed["display"])
     flipped[len(flipped) // 2] ^= 0x01
     attacks = [
         ("a flipped bit in the display blob", bytes(flipped), "display"),
-        ("the display blob replayed", sealed["display"], "display"),
+        ("the display blob replayed", opened["display"], "display"),
         ("the inputs blob sent on the display channel", sealed["inputs"], "display"),
     ]
     missed = 0

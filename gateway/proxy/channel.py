@@ -32,6 +32,7 @@ from gateway.envelope import (
     Policy,
     Verified,
     seal,
+    spend,
     verify,
 )
 from gateway.errors import (
@@ -99,11 +100,24 @@ class ProxyState:
     announcer: Announcer | None = None
     #: This host's identity and trust store (one consistent pair), when configured.
     identity: Callable[[], tuple[HostIdentity, TrustStore]] | None = None
+    #: Client addresses refusals are counted under (the rest count as "other"): a label per
+    #: address an attacker can vary (IPv6) must not grow the metrics without bound.
+    refusal_clients: set[str] = field(default_factory=set)
 
     def suite(self, peer: str | None) -> SuitePolicy:
         """The suite ``peer``'s configuration requires (the shared key for an unknown one)."""
         found = self.config.peer(peer) if peer is not None else None
         return policy_for(found.suite if found is not None else "shared-key")
+
+
+#: How many client addresses get their own refusal counter.
+MAX_REFUSAL_CLIENTS = 256
+
+
+def client_address(peer: str) -> str:
+    """The address part of ``HOST:PORT`` (IPv6 as it comes, without its port)."""
+    host, sep, _ = peer.rpartition(":")
+    return host if sep else peer
 
 
 @functools.lru_cache(maxsize=1024)
@@ -214,7 +228,12 @@ class ChannelHandler:
         ):
             return await asyncio.to_thread(self.forward, event)
         if isinstance(migration, ClientMigrateData):
-            session, verified = self._verify(migration.payload)
+            try:
+                session, verified = self._verify(migration.payload)
+            except GatewayError as error:
+                if error.authentic_blob is not None:
+                    await asyncio.to_thread(self._spend, error)
+                raise
             return reframe(event, await asyncio.to_thread(self._accept, session, verified))
         return self.forward(event)
 
@@ -223,7 +242,16 @@ class ChannelHandler:
         session = self.session
         migration = session.migration_id if session is not None else None
         self.refused = True
-        self.state.metrics.inc("smg_refused_total", reason=reason, channel=self.channel_kind)
+        metrics = self.state.metrics
+        metrics.inc("smg_refused_total", reason=reason, channel=self.channel_kind)
+        if isinstance(error, ReplayStoreError):
+            metrics.inc("smg_replay_store_errors_total")
+        metrics.inc("smg_refused_by_route_total", route=self.route.name)
+        client = client_address(self.peer)
+        known = self.state.refusal_clients
+        if client not in known and len(known) < MAX_REFUSAL_CLIENTS:
+            known.add(client)
+        metrics.inc("smg_refused_by_client_total", client=client if client in known else "other")
         audit(
             "channel_refused",
             f"refused {self.channel} of route {self.route.name}: {type(error).__name__}",
@@ -415,10 +443,36 @@ class ChannelHandler:
 
     def _open(self, blob: bytes) -> bytes:
         """Target host: sealed blob from the client -> native payload for spice-server."""
-        return self._accept(*self._verify(blob))
+        try:
+            session, verified = self._verify(blob, seen=True)
+        except GatewayError as error:
+            self._spend(error)
+            raise
+        return self._accept(session, verified)
 
-    def _verify(self, blob: bytes) -> tuple[Session, Verified]:
-        """Every check of ``blob`` but single use: CPU only, fit for the event loop."""
+    def _spend(self, error: GatewayError) -> None:
+        """Record the authentic blob ``error`` refused (waits for the disk): each is used once.
+
+        The refusal was audited already; a failure to record is logged beside it.
+        """
+        try:
+            spend(error, self.state.replay_guard)
+        except GatewayError as store:
+            log(
+                logging.ERROR,
+                "a refused authentic blob could not be recorded as used",
+                route=self.route.name,
+                channel=self.channel,
+                error=type(store).__name__,
+                detail=str(store),
+            )
+
+    def _verify(self, blob: bytes, *, seen: bool = False) -> tuple[Session, Verified]:
+        """Every check of ``blob`` but single use: CPU only, fit for the event loop.
+
+        ``seen``: first refuse a blob the replay guard already holds (a database read, so only
+        off the loop; it keeps a used large blob from being decrypted and decoded again).
+        """
         session = self.session
         try:
             self._check_data_channel()
@@ -426,9 +480,22 @@ class ChannelHandler:
                 raise ProtocolError(f"{self.channel}: MIGRATE_DATA on a link without a session")
             keyring, expected = self._opening(blob, session)
             verified = verify(
-                blob, expected, keyring, policy=self.state.policy, now=self.state.clock()
+                blob,
+                expected,
+                keyring,
+                policy=self.state.policy,
+                now=self.state.clock(),
+                replay_guard=self.state.replay_guard if seen else None,
             )
-            self._check_attempt(session, verified)
+            try:
+                self._check_attempt(session, verified)
+            except GatewayError as error:
+                # Authentic: used once, accepted or refused (see envelope.spend).
+                error.authentic_blob = (verified.blob_id, verified.keep_until, verified.checked_at)
+                raise
+        except ReplayStoreError as error:
+            self.refuse("replay_store", error)
+            raise  # pragma: no cover - refuse() raises
         except GatewayError as error:
             unannounced = isinstance(error, ContextMismatch) and error.field == "attempt"
             self.refuse("peer_link_down" if unannounced else "open", error)
@@ -538,8 +605,8 @@ class ChannelHandler:
                     self.state.replay_guard, claim=self._claim(session, verified)
                 )
             except (sqlite3.Error, RuntimeError) as failure:
-                # Single use cannot be guaranteed without the record: refuse, and count it.
-                self.state.metrics.inc("smg_replay_store_errors_total")
+                # The guard reports its own failures as ReplayStoreError; anything else from
+                # the database is one too: single use cannot be guaranteed without the record.
                 raise ReplayStoreError(
                     f"{self.channel}: the replay database failed ({type(failure).__name__}); "
                     "blob refused"
@@ -554,6 +621,10 @@ class ChannelHandler:
                 done = not session.completed and session.accepted >= session.expected_channels
                 if done:
                     session.completed = True
+        except ReplayStoreError as error:
+            # Single use cannot be promised without the record: refused, and said why.
+            self.refuse("replay_store", error)
+            raise  # pragma: no cover - refuse() raises
         except GatewayError as error:
             self.refuse("open", error)
             raise  # pragma: no cover - refuse() raises

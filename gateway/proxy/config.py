@@ -43,6 +43,13 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+#: Short enough to survive the 120-character cut of a config problem.
+_PLAINTEXT_UNDER_TLS = (
+    "upstream_tls without tls_cert: a plaintext client leg that spice-server takes for TLS "
+    "(allow_plaintext_client_leg)"
+)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -63,8 +70,11 @@ class Limits(_Strict):
 
     RELOAD: ClassVar[dict[str, str]] = {
         "max_connections": "reload (new connections)",
+        "max_connections_per_route": "reload (new connections)",
+        "max_connections_per_client": "reload (new connections)",
         "max_message_size": "reload (new connections)",
         "max_buffered_bytes": "reload (new connections)",
+        "max_buffered_total": "reload",
         "link_timeout": "reload (new connections)",
         "shutdown_grace": "reload",
         "blob_ttl": "reload",
@@ -74,13 +84,20 @@ class Limits(_Strict):
 
     max_connections: Annotated[int, Field(ge=1, le=65536)] = 1024
     """Proxied channel connections open at once, all routes together; more are refused."""
+    max_connections_per_route: Annotated[int, Field(ge=1, le=65536)] = 256
+    """One VM's port cannot take every connection slot from the others."""
+    max_connections_per_client: Annotated[int, Field(ge=1, le=65536)] = 128
+    """Connections from one client address, over all routes (a SPICE session uses ~10)."""
     max_message_size: Annotated[int, Field(ge=4096, le=1 << 30)] = 64 * 1024 * 1024
     """Largest SPICE message body accepted in either direction (bytes); a sealed blob may
     exceed it by the envelope's framing."""
     max_buffered_bytes: Annotated[int, Field(ge=65536, le=1 << 30)] = 4 * 1024 * 1024
     """Write buffer per direction of a connection (bytes) before reading from the other side
     pauses."""
-    link_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    max_buffered_total: Annotated[int, Field(ge=65536, le=1 << 40)] = 512 * 1024 * 1024
+    """Partial messages held over all connections and both directions: one memory budget,
+    where each connection alone may hold up to max_message_size per direction."""
+    link_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     """Seconds a connection may take to finish the SPICE link stage (and the TLS handshake),
     and to reach spice-server."""
     shutdown_grace: Annotated[float, Field(ge=0, le=600)] = 10.0
@@ -149,6 +166,7 @@ class Route(_Strict):
         "upstream_ca": "reload (the route is replaced)",
         "upstream_server_name": "reload (the route is replaced)",
         "jpeg_wan_compression": "reload (the route is replaced)",
+        "allow_plaintext_client_leg": "reload (the route is replaced)",
     }
 
     name: Annotated[str, Field(min_length=1, max_length=128)]
@@ -173,6 +191,12 @@ class Route(_Strict):
     jpeg_wan_compression: JpegWanCompression = "auto"
     """The upstream QEMU's ``-spice jpeg-wan-compression=`` (QEMU's default is ``auto``): the
     target proxy writes the display surface list in the format that spice-server reads."""
+    allow_plaintext_client_leg: bool = False
+    """With ``upstream_tls`` and no client certificate, serve the client in plaintext anyway.
+
+    spice-server then treats the channel as secure (it came over TLS) while the client's bytes,
+    ticket included, cross the network in the clear: only for a client leg protected otherwise
+    (a loopback client, an IPsec or WireGuard link)."""
 
     @field_validator("listen", "upstream")
     @classmethod
@@ -188,6 +212,8 @@ class Route(_Strict):
             raise ValueError("upstream_ca needs upstream_tls = true")
         if parse_address(self.listen) == parse_address(self.upstream):
             raise ValueError("listen and upstream are the same address")
+        if self.upstream_tls and self.tls_cert is None and not self.allow_plaintext_client_leg:
+            raise ValueError(_PLAINTEXT_UNDER_TLS)
         return self
 
 

@@ -14,6 +14,7 @@ import logging
 import signal
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from gateway.envelope import Policy
 from gateway.errors import ConfigError, GatewayError
 from gateway.identity import HostIdentity, IdentityFiles, TrustStore
 from gateway.keys import Keyring, KeyringFile
-from gateway.proxy.channel import AWAITED, ChannelHandler, ProxyState
+from gateway.proxy.channel import AWAITED, ChannelHandler, ProxyState, client_address
 from gateway.proxy.config import ProxyConfig, Route, parse_address
 from gateway.proxy.lifecycle import Lifecycle
 from gateway.proxy.peer import PeerLinkServer, make_announcer
@@ -92,6 +93,9 @@ class _Connection:
         limits = proxy.config.limits
         self.spice = SpiceConnection(max_message_size=limits.max_message_size + ENVELOPE_SLACK)
         self.handler = ChannelHandler(proxy.state, route, peer)
+        #: Bytes of partial messages this connection holds, per direction, as counted in the
+        #: proxy's memory budget.
+        self.held = {Direction.CLIENT_TO_SERVER: 0, Direction.SERVER_TO_CLIENT: 0}
         for writer in (self.client_writer, self.server_writer):
             transport = writer.transport
             if isinstance(transport, asyncio.WriteTransport):
@@ -114,6 +118,8 @@ class _Connection:
             for task in (*pumps, watchdog):
                 task.cancel()
             await asyncio.gather(*pumps, watchdog, return_exceptions=True)
+            self.proxy.buffered_total -= sum(self.held.values())
+            self.held = dict.fromkeys(self.held, 0)
             self.handler.close()
             for writer in (self.client_writer, self.server_writer):
                 writer.close()
@@ -125,6 +131,9 @@ class _Connection:
         """A peer that never finishes the link stage holds nothing for long."""
         await asyncio.sleep(timeout)
         if self.spice.state is ConnectionState.LINKING:
+            self.proxy.metrics.inc(
+                "smg_connection_limits_total", route=self.route.name, limit="link_timeout"
+            )
             log(
                 logging.WARNING,
                 "link stage timed out",
@@ -151,7 +160,10 @@ class _Connection:
                 if not data:
                     return
                 out = _Output(writer)
-                for event in receive(data):
+                events = receive(data)
+                if not self._within_budget(direction):
+                    return
+                for event in events:
                     if type(event) is Passthrough:
                         # The bulk of the traffic: a run of ordinary messages, relayed as is.
                         out.add(event.raw)
@@ -201,6 +213,29 @@ class _Connection:
                     }
                 },
             )
+
+
+    def _within_budget(self, direction: Direction) -> bool:
+        """Count this direction's partial message in the proxy's memory budget; False (after a
+        log line and a metric) when the budget is spent: the caller closes the channel."""
+        held = self.spice.buffered(direction)
+        proxy = self.proxy
+        proxy.buffered_total += held - self.held[direction]
+        self.held[direction] = held
+        budget = proxy.config.limits.max_buffered_total
+        if proxy.buffered_total <= budget:
+            return True
+        proxy.metrics.inc("smg_connection_limits_total", route=self.route.name, limit="memory")
+        log(
+            logging.WARNING,
+            "memory budget for partial messages exhausted; closing channel",
+            route=self.route.name,
+            channel=self.handler.channel,
+            peer=self.handler.peer,
+            held=held,
+            budget=budget,
+        )
+        return False
 
 
 class _Output:
@@ -280,6 +315,10 @@ class ProxyServer:
             READ_SIZE,
         )
         self.lifecycle = Lifecycle(self, config_path)
+        self._per_route: Counter[str] = Counter()
+        self._per_client: Counter[str] = Counter()
+        #: Bytes of partial messages held by every connection (see Limits.max_buffered_total).
+        self.buffered_total = 0
         #: Migration messages being sealed or opened in a worker thread right now.
         self.rewriting = 0
         self._stopping = asyncio.Event()
@@ -304,6 +343,9 @@ class ProxyServer:
         for route in self.config.routes:
             _client_tls(route)
             _upstream_tls(route)
+        # The control socket before any port opens: a second proxy on this control socket
+        # stops here, not after it took clients.
+        await self.lifecycle.start()
         changes = await self.routes.apply(self.config.routes, "config")
         for route in self.config.routes:
             self.metrics.route_added(route.name)
@@ -317,7 +359,6 @@ class ProxyServer:
                 raise ConfigError(
                     f"peer_listen {self.config.peer_listen}: cannot listen: {os_reason(error)}"
                 ) from None
-        await self.lifecycle.start()
 
     def health(self) -> dict[str, Any]:
         return {
@@ -363,13 +404,17 @@ class ProxyServer:
     ) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
-        if self._stopping.is_set() or len(self._connections) >= self.config.limits.max_connections:
+        client = client_address(peer)
+        limit = self._limit_reached(route, client)
+        if limit is not None:
             self.metrics.inc("smg_connections_rejected_total", route=route.name)
+            self.metrics.inc("smg_connection_limits_total", route=route.name, limit=limit)
             log(
                 logging.WARNING,
                 "connection rejected",
                 route=route.name,
                 peer=peer,
+                limit=limit,
                 active=len(self._connections),
             )
             writer.close()
@@ -377,6 +422,8 @@ class ProxyServer:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self._per_route[route.name] += 1
+        self._per_client[client] += 1
         self.metrics.inc("smg_connections_total", route=route.name)
         self.metrics.set("smg_connections_active", len(self._connections))
         try:
@@ -411,7 +458,24 @@ class ProxyServer:
             writer.close()
         finally:
             self._connections.discard(task)
+            for counts, key in ((self._per_route, route.name), (self._per_client, client)):
+                counts[key] -= 1
+                if counts[key] <= 0:
+                    del counts[key]
             self.metrics.set("smg_connections_active", len(self._connections))
+
+    def _limit_reached(self, route: Route, client: str) -> str | None:
+        """Which connection limit a new connection would break, if any."""
+        limits = self.config.limits
+        if self._stopping.is_set():
+            return "stopping"
+        if len(self._connections) >= limits.max_connections:
+            return "max_connections"
+        if self._per_route[route.name] >= limits.max_connections_per_route:
+            return "max_connections_per_route"
+        if self._per_client[client] >= limits.max_connections_per_client:
+            return "max_connections_per_client"
+        return None
 
 
 async def run_proxy(

@@ -8,6 +8,9 @@ Each request is one JSON object on one line, each answer likewise::
     {"cmd": "reload"}   -> {"ok": true, "keys": N}      (re-reads the keyring, like SIGHUP)
 
 The socket is created with mode 0600: whoever can reach it is an operator of this host.
+Each server needs its own socket path: one refuses to start while a live server answers on its
+path (a stale socket left by a crash is replaced), and removes at close only the socket it
+created itself.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.errors import ConfigError
 from gateway.service.logs import LOG
 
 __all__ = ["MAX_REQUEST", "ControlServer"]
@@ -36,26 +42,65 @@ class ControlServer:
         self.path = Path(path)
         self.commands = commands
         self._server: asyncio.AbstractServer | None = None
+        #: (device, inode) of the socket this server created: the only one it may remove.
+        self._identity: tuple[int, int] | None = None
 
     async def start(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            if self.path.is_socket():
-                self.path.unlink()
+        """Listen on the path; ConfigError if another live server answers there already."""
+        self._remove_stale()
         old_umask = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(
                 self._serve, path=str(self.path), limit=MAX_REQUEST
             )
+        except OSError as error:
+            raise ConfigError(
+                f"control_socket {self.path}: cannot listen: "
+                f"{os.strerror(error.errno) if error.errno else error.strerror}"
+            ) from None
         finally:
             os.umask(old_umask)
+        info = os.lstat(self.path)
+        self._identity = (info.st_dev, info.st_ino)
+
+    def _remove_stale(self) -> None:
+        """Remove a socket nobody listens on (a crashed server's); refuse a live one."""
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(info.st_mode):
+            return  # binding fails with a clear error; never remove what is not a socket
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(str(self.path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            return
+        except OSError:
+            pass  # unreachable for another reason (permissions, a full backlog): treat as live
+        finally:
+            probe.close()
+        raise ConfigError(
+            f"control socket {self.path} is in use by a running process; each proxy needs "
+            "its own control_socket"
+        )
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        identity, self._identity = self._identity, None
+        if identity is None:
+            return
+        # Remove the path only if it is still this server's socket, not a successor's.
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            info = os.lstat(self.path)
+            if (info.st_dev, info.st_ino) == identity:
+                os.unlink(self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -27,7 +27,33 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "smg_refused_total": (
         "counter",
-        "Channels closed by a refusal, by reason (seal, open, protocol, sasl) and channel.",
+        "Channels closed by a refusal, by reason (seal, open, protocol, sasl, peer_link_down, "
+        "replay_store) and channel.",
+    ),
+    "smg_refused_by_route_total": ("counter", "Channels closed by a refusal, by route."),
+    "smg_refused_by_client_total": (
+        "counter",
+        "Channels closed by a refusal, by client address (the first 256 addresses; the rest "
+        'as "other").',
+    ),
+    "smg_connection_limits_total": (
+        "counter",
+        "Connections rejected or closed by a limit, by route and limit (max_connections, "
+        "max_connections_per_route, max_connections_per_client, link_timeout, memory, "
+        "stopping).",
+    ),
+    "smg_peer_announcements_total": (
+        "counter",
+        "Migration attempts announced over the peer link, by side (source: sent and taken; "
+        "target: accepted).",
+    ),
+    "smg_peer_link_down_total": (
+        "counter",
+        "Migration attempts a source could not announce to its target, by reason.",
+    ),
+    "smg_peer_link_refused_total": (
+        "counter",
+        "Announcements or peer-link connections a target refused, by reason.",
     ),
     "smg_migrations_completed_total": (
         "counter",
@@ -69,13 +95,19 @@ class Metrics:
             self._counters["smg_bytes_total"][(("sender", sender),)] = 0.0
         self._counters["smg_migrations_completed_total"][()] = 0.0
         self._counters["smg_replay_store_errors_total"][()] = 0.0
+        for side in ("source", "target"):
+            self._counters["smg_peer_announcements_total"][(("side", side),)] = 0.0
         self._gauges["smg_connections_active"][()] = 0.0
 
     def route_added(self, route: str) -> None:
         """A route's series, at zero unless it already has some."""
         key = (("route", route),)
         with self._lock:
-            for name in ("smg_connections_total", "smg_connections_rejected_total"):
+            for name in (
+                "smg_connections_total",
+                "smg_connections_rejected_total",
+                "smg_refused_by_route_total",
+            ):
                 self._counters[name].setdefault(key, 0.0)
 
     def describe(self, name: str, text: str) -> None:

@@ -78,7 +78,9 @@ async def test_every_blob_of_an_earlier_attempt_is_refused(
         assert {e["error"] for e in refused} == {"ContextMismatch"}
         assert all("'migration_id'" in e["detail"] for e in refused)
         assert not logs.audit("blob_accepted")
-        assert len(rig.target_proxy.replay_guard) == 0
+        # Each refused blob was authentic, so it is recorded as used all the same: relaying the
+        # stale set again gets Replayed at once, never another full check.
+        assert len(rig.target_proxy.replay_guard) == len(ALL_CHANNELS)
 
 
 @pytest.mark.parametrize("stale_channel", ALL_CHANNELS, ids=channel_name)
@@ -401,7 +403,7 @@ async def test_a_blob_issued_before_the_session_began_is_refused(
     # Within the skew, it passes.
     fresh = blob(target, ChannelType.INPUTS, migration, clock.now - skew)
     await target.handler(ChannelType.INPUTS, 0x62).rewrite(migrate_data(fresh))
-    assert len(target.guard) == 1
+    assert len(target.guard) == 2  # the refused (authentic) blob is recorded too
 
 
 async def test_an_attempt_superseded_after_verification_is_refused_at_the_record(
@@ -414,7 +416,7 @@ async def test_an_attempt_superseded_after_verification_is_refused_at_the_record
     announce(target, second)
     with pytest.raises(ContextMismatch, match="superseded"):
         await asyncio.to_thread(display._accept, *verified)
-    assert len(target.guard) == 0
+    assert len(target.guard) == 1  # refused at its record, and recorded: used once
 
 
 async def test_a_channel_the_source_did_not_announce_is_refused(
@@ -426,7 +428,7 @@ async def test_a_channel_the_source_did_not_announce_is_refused(
     with pytest.raises(ContextMismatch) as caught:
         await display.rewrite(migrate_data(blob(target, ChannelType.DISPLAY, migration, clock.now)))
     assert caught.value.field == "channel_id"
-    assert len(target.guard) == 0
+    assert len(target.guard) == 1  # authentic: recorded although refused
 
 
 async def test_no_announced_attempt_is_refused_and_counted(target: Target, clock: Clock) -> None:

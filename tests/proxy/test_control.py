@@ -139,5 +139,6 @@ async def test_a_failing_replay_store_refuses_the_blob_and_is_counted(
         metrics = rig.target_proxy.metrics
         assert metrics.get("smg_replay_store_errors_total") == len(blobs)
         refusals = logs.audit("channel_refused")
-        assert {(e["reason"], e["error"]) for e in refusals} == {("open", "ReplayStoreError")}
+        reasons = {(e["reason"], e["error"]) for e in refusals}
+        assert reasons == {("replay_store", "ReplayStoreError")}
         assert len(refusals) == len(blobs)

@@ -2,10 +2,11 @@
 
 The blobs of one session's channels are verified as they come and their replay records share
 commits, so the session's first blob cannot pin its migration id before it is recorded. These
-tests pin down what that must still guarantee: one migration per session, nothing recorded for
-a refused blob, and a replayed blob pinning nothing. They run with ``peer_link_down =
-"first-blob"`` (no attempt announced, the session's first blob pins), the mode in which the pin
-is the only binding to a migration; ``test_attempts.py`` covers the announced attempts.
+tests pin down what that must still guarantee: one migration per session, a refused authentic
+blob recorded all the same (used once, accepted or refused), and a replayed blob pinning
+nothing. They run with ``peer_link_down = "first-blob"`` (no attempt announced, the session's
+first blob pins), the mode in which the pin is the only binding to a migration;
+``test_attempts.py`` covers the announced attempts.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Literal
 import pytest
 
 from gateway import native
-from gateway.envelope import Context, Policy, seal
+from gateway.envelope import Context, Policy, read_header, seal
 from gateway.errors import ContextMismatch, Replayed
 from gateway.keys import Keyring
 from gateway.proxy.channel import ChannelHandler, ProxyState
@@ -147,7 +148,7 @@ async def test_a_sessions_blobs_open_side_by_side(target: Target) -> None:
 
 async def test_blobs_verified_before_the_pin_are_held_to_it(target: Target) -> None:
     """Two first blobs of different migrations, both verified while nothing is pinned: the
-    one recorded first pins, the other is refused and not recorded."""
+    one recorded first pins, the other is refused, and recorded: it cannot be offered again."""
     display = target.handler(ChannelType.DISPLAY, 0x52)
     inputs = target.handler(ChannelType.INPUTS, 0x52)
     mine, other = uuid.uuid4(), uuid.uuid4()
@@ -161,8 +162,8 @@ async def test_blobs_verified_before_the_pin_are_held_to_it(target: Target) -> N
         await asyncio.to_thread(inputs._accept, *second)
     assert caught.value.field == "migration_id"
     assert inputs.refused
-    assert second[1].blob_id not in target.guard
-    assert len(target.guard) == 1
+    assert second[1].blob_id in target.guard
+    assert len(target.guard) == 2
     assert first[0].migration_id == mine
 
 
@@ -170,9 +171,12 @@ async def test_once_pinned_another_migration_fails_verification(target: Target) 
     display = target.handler(ChannelType.DISPLAY, 0x53)
     inputs = target.handler(ChannelType.INPUTS, 0x53)
     await display.rewrite(migrate_data(target.blob(ChannelType.DISPLAY, uuid.uuid4())))
+    stray = target.blob(ChannelType.INPUTS, uuid.uuid4())
     with pytest.raises(ContextMismatch):
-        await inputs.rewrite(migrate_data(target.blob(ChannelType.INPUTS, uuid.uuid4())))
-    assert len(target.guard) == 1
+        await inputs.rewrite(migrate_data(stray))
+    # Refused, yet authentic: recorded, so it cannot be offered again on another session.
+    assert read_header(stray).salt in target.guard
+    assert len(target.guard) == 2
     assert target.state.metrics.get("smg_refused_total", reason="open", channel="inputs") == 1
 
 
