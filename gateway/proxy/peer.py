@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
+from collections.abc import Callable, Iterable
 
 from gateway.errors import GatewayError
 from gateway.peerlink import (
@@ -33,18 +35,32 @@ MAX_PEER_CONNECTIONS = 64
 
 
 class PeerLinkServer:
-    """Target side: takes announcements on ``peer_listen`` and records each VM's attempt."""
+    """Target side: takes announcements on ``peer_listen`` and records each VM's attempt.
 
-    def __init__(self, config: ProxyConfig, state: ProxyState) -> None:
-        self.config = config
+    Each connection reads the config in force (``state.config``, replaced on reload) and
+    ``vm_ids()``, the VMs of the routes served at that moment (config and control API alike).
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        state: ProxyState,
+        vm_ids: Callable[[], Iterable[uuid.UUID]] | None = None,
+    ) -> None:
         self.state = state
+        self._listen = config.peer_listen
+        self._vm_ids = vm_ids or (lambda: (route.vm_id for route in self.config.routes))
         self.address: tuple[str, int] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def config(self) -> ProxyConfig:
+        return self.state.config
+
     async def start(self) -> None:
-        assert self.config.peer_listen is not None
-        host, port = parse_address(self.config.peer_listen)
+        assert self._listen is not None
+        host, port = parse_address(self._listen)
         self._server = await asyncio.start_server(
             self._serve, host, port, limit=READ_SIZE, reuse_address=True
         )
@@ -93,7 +109,7 @@ class PeerLinkServer:
             config.host_id,
             state.keyring(),
             config.trusted_sources,
-            (route.vm_id for route in config.routes),
+            self._vm_ids(),
             now=state.clock(),
             clock_skew=config.limits.clock_skew,
         )
@@ -153,6 +169,7 @@ def make_announcer(config: ProxyConfig, state: ProxyState) -> Announcer:
     """Source side: the coroutine that announces a session's attempt to its target."""
 
     async def announce(route: Route, session: Session) -> bool:
+        config = state.config  # the one in force now (a reload replaces it)
         with session.lock:
             migration_id, target = session.migration_id, session.target_host
             channels = sorted(session.expected_channels)

@@ -21,10 +21,12 @@ from gateway.envelope import Context, seal
 from gateway.errors import ContextMismatch, Expired
 from gateway.keys import Keyring, load_keyring
 from gateway.peerlink import ChallengeAnswered, SourceLink, TargetLink
+from gateway.proxy import lifecycle
+from gateway.proxy.config import Route
 from gateway.proxy.sessions import Attempt
 from gateway.spice.constants import ChannelType, Msgc
 
-from .conftest import SOURCE_HOST, TARGET_HOST, LogRecords, Proxies, Rig
+from .conftest import SOURCE_HOST, TARGET_HOST, LogRecords, Proxies, Rig, free_port
 from .peers import ALL_CHANNELS, TIMEOUT, ClientSession
 from .test_open_path import CHANNELS, VM, Target, migrate_data, target_state
 from .test_tamper import assert_outcome, migrate, prepare
@@ -336,6 +338,48 @@ async def test_an_announcement_from_an_untrusted_source_is_refused(
 ) -> None:
     async with proxies.pair() as rig:
         verdict = await exchange(rig, announce_with(rig, source="rogue-host"))
+        assert_announcement_refused(rig, logs, verdict, "ContextMismatch")
+
+
+async def test_an_announcement_for_a_route_added_at_runtime_is_taken(proxies: Proxies) -> None:
+    """A VM served through the control API (the libvirt hook's way) can be announced."""
+    async with proxies.pair() as rig:
+        vm = uuid.uuid4()
+        live = Route(
+            name="live",
+            listen=f"127.0.0.1:{free_port()}",
+            upstream=f"127.0.0.1:{free_port()}",
+            vm_id=vm,
+        )
+        await rig.target_proxy.routes.add(live, "control")
+        verdict = await exchange(rig, announce_with(rig, vm=vm))
+        assert verdict.accepted, verdict.reason
+        attempt = rig.target_proxy.state.attempts.current(vm)
+        assert attempt is not None
+
+
+async def test_an_announcement_for_a_removed_route_is_refused(
+    proxies: Proxies, logs: LogRecords
+) -> None:
+    async with proxies.pair() as rig:
+        await rig.target_proxy.routes.remove("vm")
+        verdict = await exchange(rig, announce_with(rig))
+        assert_announcement_refused(rig, logs, verdict, "ContextMismatch")
+
+
+async def test_a_source_no_longer_trusted_after_a_reload_cannot_announce(
+    proxies: Proxies, logs: LogRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator drops a compromised source from ``peers`` and reloads: its announcements
+    (which would supersede the attempts of the VM's real source) are refused from then on."""
+    async with proxies.pair() as rig:
+        proxy = rig.target_proxy
+        revoked = rig.target_config.model_copy(update={"peers": ()})
+        monkeypatch.setattr(lifecycle, "load_config", lambda path: revoked)
+        proxy.lifecycle.config_path = Path("reloaded.toml")
+        await proxy.lifecycle.reload()
+        assert proxy.state.config.trusted_sources == frozenset()
+        verdict = await exchange(rig, announce_with(rig))
         assert_announcement_refused(rig, logs, verdict, "ContextMismatch")
 
 
