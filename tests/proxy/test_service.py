@@ -18,7 +18,13 @@ import pytest
 from gateway.errors import GatewayError, ProtocolError, TooLarge
 from gateway.proxy.config import parse_config
 from gateway.proxy.server import ProxyServer
-from gateway.service.http import MAX_HEAD, PROMETHEUS_CONTENT_TYPE, parse_request_head
+from gateway.service import http as http_module
+from gateway.service.http import (
+    MAX_HEAD,
+    PROMETHEUS_CONTENT_TYPE,
+    MonitoringServer,
+    parse_request_head,
+)
 from gateway.service.metrics import FAMILIES
 from gateway.service.notify import Notifier
 
@@ -249,6 +255,64 @@ async def test_service_process_notifies_reloads_on_sighup_and_takes_control_rout
 
 
 REQUEST = b"GET /metrics?name[]=smg_sealed_total HTTP/1.1\r\nHost: 127.0.0.1:9864\r\n\r\n"
+
+
+async def test_idle_and_slow_http_clients_hold_nothing_for_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slowloris on the monitoring listener: idle connections beyond the cap are closed at once
+    (no answer at all), a client that never reads a large answer is dropped at the deadline, and
+    the listener serves again once they are gone."""
+    big = "x" * (32 * 1024 * 1024)
+    monitoring = MonitoringServer(
+        "127.0.0.1", 0, lambda: big, lambda: {"status": "serving"}
+    )
+    await monitoring.start()
+    assert monitoring.address is not None
+    address = monitoring.address
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(http_module.MAX_CONNECTIONS):
+            idle.append((await asyncio.open_connection(*address))[1])
+        reader, writer = await asyncio.open_connection(*address)
+        assert await bounded(reader.read(), "the listener to close the extra connection") == b""
+        writer.close()
+        for other in idle:
+            other.close()
+        idle.clear()
+        while True:  # the listener notices the closed connections on its own schedule
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(get("/healthz"))
+            try:  # refused unread: the kernel answers the request bytes with a reset
+                answer = await bounded(reader.read(), "an answer")
+            except ConnectionResetError:
+                answer = b""
+            writer.close()
+            if answer:
+                break
+            await asyncio.sleep(0.02)
+        assert answer.startswith(b"HTTP/1.1 200 ")
+
+        # A scraper that asks for /metrics and never reads: dropped at the deadline.
+        monkeypatch.setattr(http_module, "HEAD_TIMEOUT", 0.2)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(address)
+        sock.sendall(get("/metrics"))
+
+
+        async def dropped() -> None:
+            while monitoring._open:
+                await asyncio.sleep(0.02)
+
+        try:
+            await bounded(dropped(), "the listener to drop a client that does not read")
+        finally:
+            sock.close()
+    finally:
+        for other in idle:
+            other.close()
+        await bounded(monitoring.close(), "the listener to close")
 
 
 def test_request_head_parses_the_request_line_only() -> None:
