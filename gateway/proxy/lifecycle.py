@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from gateway.envelope import Policy
 from gateway.errors import ConfigError, GatewayError
 from gateway.proxy.config import ProxyConfig, Route, load_config, parse_address
-from gateway.proxy.routes import os_reason
+from gateway.proxy.routes import Origin, os_reason
 from gateway.service.control import ControlServer
 from gateway.service.http import MonitoringServer
 from gateway.service.logs import audit, log
@@ -200,6 +200,21 @@ class Lifecycle:
         except ValidationError as error:
             raise ConfigError(f"route: {_first_problem(error)}") from None
         replace = request.get("replace", False) is True
+        origin = _origin(request)
+        current = self.proxy.routes.routes.get(route.name)
+        if (
+            replace
+            and origin is not None
+            and current is not None
+            and current != route
+            and self.proxy.routes.origin(route.name) != origin
+        ):
+            # The libvirt hook names its routes after domains that any libvirt user may
+            # define: it replaces only the routes it registered.
+            raise ConfigError(
+                f"route {route.name} is served from the {self.proxy.routes.origin(route.name)}; "
+                f"only a route from the {origin} may be replaced here"
+            )
         outcome = await self.proxy.routes.add(route, "control", replace=replace)
         self.proxy.metrics.route_added(route.name)
         host, port = self.proxy.routes.addresses[route.name]
@@ -209,10 +224,22 @@ class Lifecycle:
         name = request.get("name")
         if not isinstance(name, str):
             raise ConfigError("route_remove needs a string 'name'")
-        if name not in self.proxy.routes and request.get("missing_ok") is True:
+        origin = _origin(request)
+        route_origin = self.proxy.routes.origin(name)
+        if request.get("missing_ok") is True and (
+            route_origin is None or (origin is not None and route_origin != origin)
+        ):
             return {"route": name, "outcome": "absent"}
-        await self.proxy.routes.remove(name)
+        await self.proxy.routes.remove(name, origin=origin)
         return {"route": name, "outcome": "removed"}
+
+
+def _origin(request: dict[str, Any]) -> Origin | None:
+    """A route command's optional ``origin``: act only on a route that came from there."""
+    origin = request.get("origin")
+    if origin is None or origin == "config" or origin == "control":
+        return origin
+    raise ConfigError("'origin' is 'config' or 'control'")
 
 
 def _same_restart_keys(old: ProxyConfig, new: ProxyConfig) -> None:

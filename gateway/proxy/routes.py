@@ -96,6 +96,11 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self._active)
 
+    def origin(self, name: str) -> Origin | None:
+        """Where the serving route ``name`` came from; None when there is none."""
+        listener = self._active.get(name)
+        return None if listener is None else listener.origin
+
     @property
     def routes(self) -> dict[str, Route]:
         return {name: listener.route for name, listener in self._active.items()}

@@ -107,3 +107,48 @@ async def test_hook_registers_serves_and_removes(
     assert "cannot reach" in err
     # A domain without SPICE needs no proxy at all.
     assert await hook(config, "web01", "prepare", "begin", domain_xml("")) == (0, "")
+
+
+async def test_a_domain_named_like_a_config_route_leaves_that_route_alone(
+    tmp_path: Path, keyring_path: Path, socket_dir: Path
+) -> None:
+    """Whoever may define a libvirt domain picks its name: a domain named like a route of the
+    config neither replaces that route when it starts nor removes it when it is released."""
+    server = await ScriptedServer("web01 (config)").start()
+    listen_port = free_port()
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        config_toml(
+            host_id="host-a",
+            keyring=keyring_path,
+            replay_db=tmp_path / "replay.sqlite",
+            routes=[
+                {
+                    "name": "web01",
+                    "listen": f"127.0.0.1:{listen_port}",
+                    "upstream": "{}:{}".format(*server.address),
+                    "vm_id": "6f1c1b9e-0d5e-4d8a-9a53-2f43c0a5f0a1",
+                }
+            ],
+            limits=TEST_LIMITS,
+            control_socket=socket_dir / "control.sock",
+        )
+        + '\n[libvirt]\nlisten_host = "127.0.0.1"\nport_offset = 1\n'
+    )
+    xml = domain_xml(FIXED.replace("15901", str(free_port())))
+    proxy = ProxyServer(load_config(config), config_path=config)
+    await proxy.start()
+    try:
+        configured = proxy.routes.routes["web01"]
+        code, err = await hook(config, "web01", "prepare", "begin", xml)
+        assert code == 2
+        assert "route web01 is served from the config" in err
+        assert await hook(config, "web01", "release", "end", xml) == (0, "")
+        assert proxy.routes.routes == {"web01": configured}
+        assert proxy.routes.origin("web01") == "config"
+        client = await link_client(("127.0.0.1", listen_port), ChannelType.DISPLAY)
+        await relays(client, await server.channel(ChannelType.DISPLAY), 1)
+        await client.close()
+    finally:
+        await bounded(proxy.stop(), "the proxy to stop")
+        await server.close()
