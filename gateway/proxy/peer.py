@@ -52,7 +52,8 @@ class PeerLinkServer:
         self._vm_ids = vm_ids or (lambda: (route.vm_id for route in self.config.routes))
         self.address: tuple[str, int] | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: Connections being served, oldest first, each with whether it sent a byte yet.
+        self._tasks: dict[asyncio.Task[None], bool] = {}
 
     @property
     def config(self) -> ProxyConfig:
@@ -82,13 +83,23 @@ class PeerLinkServer:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         task = asyncio.current_task()
-        if task is None or len(self._tasks) >= MAX_PEER_CONNECTIONS:
+        if task is None:
             writer.close()
             return
-        self._tasks.add(task)
+        if len(self._tasks) >= MAX_PEER_CONNECTIONS:
+            # A real source answers the challenge within a round trip; connections that stay
+            # silent must not lock it out: the oldest silent one makes room.
+            silent = next((other for other, spoke in self._tasks.items() if not spoke), None)
+            if silent is None:
+                writer.close()
+                return
+            del self._tasks[silent]
+            silent.cancel()
+            self.state.metrics.inc("smg_peer_link_refused_total", reason="evicted")
+        self._tasks[task] = False
         try:
             await asyncio.wait_for(
-                self._exchange(reader, writer, peer), self.config.limits.peer_timeout
+                self._exchange(reader, writer, peer, task), self.config.limits.peer_timeout
             )
         except (TimeoutError, ConnectionError, OSError):
             self.state.metrics.inc("smg_peer_link_refused_total", reason="incomplete")
@@ -96,13 +107,17 @@ class PeerLinkServer:
         except asyncio.CancelledError:
             pass
         finally:
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), timeout=2)
 
     async def _exchange(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        task: asyncio.Task[None],
     ) -> None:
         state, config = self.state, self.config
         link = TargetLink(
@@ -120,6 +135,8 @@ class PeerLinkServer:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     raise ConnectionResetError("peer closed before announcing")
+                if task in self._tasks:
+                    self._tasks[task] = True  # it spoke: never evicted for silence
                 events = link.receive(data)
                 if events:
                     break

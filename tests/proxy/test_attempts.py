@@ -21,7 +21,7 @@ from gateway.envelope import Context, seal
 from gateway.errors import ContextMismatch, Expired
 from gateway.keys import Keyring, load_keyring
 from gateway.peerlink import ChallengeAnswered, SourceLink, TargetLink
-from gateway.proxy import lifecycle
+from gateway.proxy import lifecycle, peer
 from gateway.proxy.config import Route
 from gateway.proxy.sessions import Attempt
 from gateway.spice.constants import ChannelType, Msgc
@@ -381,6 +381,30 @@ async def test_a_source_no_longer_trusted_after_a_reload_cannot_announce(
         assert proxy.state.config.trusted_sources == frozenset()
         verdict = await exchange(rig, announce_with(rig))
         assert_announcement_refused(rig, logs, verdict, "ContextMismatch")
+
+
+async def test_silent_connections_do_not_lock_a_source_out(proxies: Proxies) -> None:
+    """Anyone who reaches the peer link can open connections and say nothing; a full table of
+    them must not refuse the real source's announcement."""
+    async with proxies.pair() as rig:
+        peer_link = rig.target_proxy.peer_link
+        assert peer_link is not None
+        assert peer_link.address is not None
+        silent = []
+        try:
+            for _ in range(peer.MAX_PEER_CONNECTIONS):
+                reader, writer = await asyncio.open_connection(*peer_link.address)
+                await _frame(reader, peerlink.FrameReader())  # served: the challenge came
+                silent.append(writer)
+            verdict = await exchange(rig, announce_with(rig))
+            assert verdict.accepted, verdict.reason
+            evicted = rig.target_proxy.metrics.get(
+                "smg_peer_link_refused_total", reason="evicted"
+            )
+            assert evicted == 1
+        finally:
+            for writer in silent:
+                writer.close()
 
 
 async def test_garbage_on_the_peer_link_is_refused(proxies: Proxies, logs: LogRecords) -> None:
