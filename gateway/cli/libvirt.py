@@ -158,10 +158,17 @@ def _unregister(socket: str, domain: Any) -> int:
 
     try:
         for name in route_names(domain):
-            # Only the routes the hook registers: a config route of the same name stays.
+            # Only the routes the hook registered for this domain: a config route or another
+            # domain's route of the same name stays.
             answer = _ask(
                 socket,
-                {"cmd": "route_remove", "name": name, "missing_ok": True, "origin": "control"},
+                {
+                    "cmd": "route_remove",
+                    "name": name,
+                    "missing_ok": True,
+                    "origin": "control",
+                    "vm_id": str(domain.uuid),
+                },
             )
             if not answer.get("ok"):
                 print(f"spice-migration-gateway: {answer.get('error')}", file=sys.stderr)

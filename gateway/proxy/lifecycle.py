@@ -202,19 +202,20 @@ class Lifecycle:
         replace = request.get("replace", False) is True
         origin = _origin(request)
         current = self.proxy.routes.routes.get(route.name)
-        if (
-            replace
-            and origin is not None
-            and current is not None
-            and current != route
-            and self.proxy.routes.origin(route.name) != origin
-        ):
+        if replace and origin is not None and current is not None and current != route:
             # The libvirt hook names its routes after domains that any libvirt user may
-            # define: it replaces only the routes it registered.
-            raise ConfigError(
-                f"route {route.name} is served from the {self.proxy.routes.origin(route.name)}; "
-                f"only a route from the {origin} may be replaced here"
-            )
+            # define: with an origin it replaces only a route of that origin and that VM.
+            if self.proxy.routes.origin(route.name) != origin:
+                raise ConfigError(
+                    f"route {route.name} is served from the "
+                    f"{self.proxy.routes.origin(route.name)}; only a route from the {origin} "
+                    "may be replaced here"
+                )
+            if current.vm_id != route.vm_id:
+                raise ConfigError(
+                    f"route {route.name} serves VM {current.vm_id}; it cannot be replaced by "
+                    f"a route for VM {route.vm_id}"
+                )
         outcome = await self.proxy.routes.add(route, "control", replace=replace)
         self.proxy.metrics.route_added(route.name)
         host, port = self.proxy.routes.addresses[route.name]
@@ -225,11 +226,18 @@ class Lifecycle:
         if not isinstance(name, str):
             raise ConfigError("route_remove needs a string 'name'")
         origin = _origin(request)
+        vm_id = request.get("vm_id")
+        if vm_id is not None and not isinstance(vm_id, str):
+            raise ConfigError("route_remove's 'vm_id' is a string")
         route_origin = self.proxy.routes.origin(name)
-        if request.get("missing_ok") is True and (
-            route_origin is None or (origin is not None and route_origin != origin)
-        ):
+        current = self.proxy.routes.routes.get(name)
+        other = (origin is not None and route_origin != origin) or (
+            vm_id is not None and current is not None and str(current.vm_id) != vm_id.lower()
+        )
+        if request.get("missing_ok") is True and (current is None or other):
             return {"route": name, "outcome": "absent"}
+        if other:
+            raise ConfigError(f"no route named {name!r} of that origin and VM")
         await self.proxy.routes.remove(name, origin=origin)
         return {"route": name, "outcome": "removed"}
 
