@@ -105,7 +105,7 @@ class Peer(_Strict):
         "host_id": "reload",
         "addresses": "reload",
         "suite": "restart",
-        "peer_address": "restart",
+        "peer_address": "reload",
     }
 
     host_id: HostId

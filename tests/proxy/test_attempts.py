@@ -23,7 +23,7 @@ from gateway.keys import Keyring, load_keyring
 from gateway.peerlink import ChallengeAnswered, SourceLink, TargetLink
 from gateway.proxy import lifecycle, peer
 from gateway.proxy.config import Route
-from gateway.proxy.sessions import Attempt
+from gateway.proxy.sessions import Attempt, Session
 from gateway.spice.constants import ChannelType, Msgc
 
 from .conftest import SOURCE_HOST, TARGET_HOST, LogRecords, Proxies, Rig, free_port
@@ -381,6 +381,32 @@ async def test_a_source_no_longer_trusted_after_a_reload_cannot_announce(
         assert proxy.state.config.trusted_sources == frozenset()
         verdict = await exchange(rig, announce_with(rig))
         assert_announcement_refused(rig, logs, verdict, "ContextMismatch")
+
+
+async def test_the_source_announces_to_the_peer_address_of_the_config_in_force(
+    proxies: Proxies, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer's peer_address changed by a reload is where the next attempt is announced."""
+    async with proxies.pair() as rig:
+        proxy = rig.source_proxy
+        announcer = proxy.state.announcer
+        assert announcer is not None
+        route = proxy.routes.routes["vm"]
+
+        def attempt() -> Session:
+            session = Session(route.name, 7, migration_id=uuid.uuid4(), target_host=TARGET_HOST)
+            session.link((ChannelType.MAIN, 0))
+            return session
+
+        assert await announcer(route, attempt())
+        (target,) = rig.source_config.peers
+        moved = target.model_copy(update={"peer_address": f"127.0.0.1:{free_port()}"})
+        reloaded = rig.source_config.model_copy(update={"peers": (moved,)})
+        monkeypatch.setattr(lifecycle, "load_config", lambda path: reloaded)
+        proxy.lifecycle.config_path = Path("reloaded.toml")
+        await proxy.lifecycle.reload()
+        assert not await announcer(route, attempt())
+        assert proxy.metrics.get("smg_peer_link_down_total", reason="unreachable") == 1
 
 
 async def test_silent_connections_do_not_lock_a_source_out(proxies: Proxies) -> None:
