@@ -141,15 +141,10 @@ def _proxy(args: argparse.Namespace) -> int:
             )
             print(f"identity ok: {summary}")
         return 0
-    if config.identity_peers:
-        # Fail closed: the running proxy cannot yet agree per-attempt keys (that needs the
-        # gateway-to-gateway peer link), and must not fall back to the shared keyring for a
-        # peer that requires identities.
-        raise ConfigError(
-            f'{args.config}: peers with suite = "identity" '
-            f"({', '.join(sorted(config.identity_peers))}) need the gateway-to-gateway peer "
-            "link, which this proxy does not run yet"
-        )
+    try:
+        config.check_servable()  # the proxy checks it again on start and on every reload
+    except ConfigError as error:
+        raise ConfigError(f"{args.config}: {error}") from None
     configure_logging(args.log_level)
     from gateway.proxy.server import run_proxy
 

@@ -316,6 +316,20 @@ class ProxyConfig(_Strict):
         """Peers whose blobs must use the identity suite."""
         return frozenset(peer.host_id for peer in self.peers if peer.suite == "identity")
 
+    def check_servable(self) -> None:
+        """ConfigError unless the running proxy can serve this config as it is written.
+
+        The proxy cannot agree per-attempt keys yet, and must not fall back to the shared
+        keyring for a peer that requires identities: it refuses such a config on start and on
+        reload alike.
+        """
+        if self.identity_peers:
+            raise ConfigError(
+                f'peers with suite = "identity" ({", ".join(sorted(self.identity_peers))}) '
+                "need the identity handshake on the peer link, which this proxy does not run "
+                "yet; the shared keyring is never used for them"
+            )
+
     def peer(self, host_id: str) -> Peer | None:
         for peer in self.peers:
             if peer.host_id == host_id:

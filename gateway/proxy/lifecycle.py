@@ -147,6 +147,7 @@ class Lifecycle:
             try:
                 new = load_config(self.config_path)
                 _same_restart_keys(self.proxy.config, new)
+                new.check_servable()
             except ConfigError as error:
                 log(
                     logging.ERROR,

@@ -297,6 +297,7 @@ class ProxyServer:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.config.check_servable()
         # Every route's TLS settings are checked before any port opens.
         for route in self.config.routes:
             _client_tls(route)

@@ -18,11 +18,12 @@ import pytest
 
 from gateway import peerlink
 from gateway.envelope import Context, seal
-from gateway.errors import ContextMismatch, Expired
+from gateway.errors import ConfigError, ContextMismatch, Expired
 from gateway.keys import Keyring, load_keyring
 from gateway.peerlink import ChallengeAnswered, SourceLink, TargetLink
 from gateway.proxy import lifecycle, peer
 from gateway.proxy.config import Route
+from gateway.proxy.server import ProxyServer
 from gateway.proxy.sessions import Attempt, Session
 from gateway.spice.constants import ChannelType, Msgc
 
@@ -407,6 +408,33 @@ async def test_the_source_announces_to_the_peer_address_of_the_config_in_force(
         await proxy.lifecycle.reload()
         assert not await announcer(route, attempt())
         assert proxy.metrics.get("smg_peer_link_down_total", reason="unreachable") == 1
+
+
+async def test_a_reload_cannot_switch_a_peer_to_the_identity_suite(
+    proxies: Proxies, logs: LogRecords, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The proxy refuses to start with an identity-suite peer rather than serve it with the
+    shared keyring; a reload must not be the way around that."""
+    files = {"identity": str(tmp_path / "identity"), "trust_store": str(tmp_path / "trust")}
+    async with proxies.pair(target_settings=files) as rig:
+        proxy = rig.target_proxy
+        (source,) = proxy.config.peers
+        switched = proxy.config.model_copy(
+            update={"peers": (source.model_copy(update={"suite": "identity"}),)}
+        )
+        assert switched.identity_peers == {SOURCE_HOST}
+        monkeypatch.setattr(lifecycle, "load_config", lambda path: switched)
+        proxy.lifecycle.config_path = Path("reloaded.toml")
+        with pytest.raises(ConfigError, match="identity"):
+            await proxy.lifecycle.reload()
+        assert proxy.state.config.identity_peers == frozenset()
+        assert logs.audit("config_reload_refused")
+        refused = ProxyServer(switched)
+        try:
+            with pytest.raises(ConfigError, match="identity"):
+                await refused.start()
+        finally:
+            await refused.stop()
 
 
 async def test_silent_connections_do_not_lock_a_source_out(proxies: Proxies) -> None:
