@@ -52,8 +52,8 @@ class PeerLinkServer:
         self._vm_ids = vm_ids or (lambda: (route.vm_id for route in self.config.routes))
         self.address: tuple[str, int] | None = None
         self._server: asyncio.AbstractServer | None = None
-        #: Connections being served, oldest first, each with whether it sent a byte yet.
-        self._tasks: dict[asyncio.Task[None], bool] = {}
+        #: Connections being served, oldest first (a dict keeps the order of arrival).
+        self._tasks: dict[asyncio.Task[None], None] = {}
 
     @property
     def config(self) -> ProxyConfig:
@@ -88,18 +88,15 @@ class PeerLinkServer:
             return
         if len(self._tasks) >= MAX_PEER_CONNECTIONS:
             # A real source answers the challenge within a round trip; connections that stay
-            # silent must not lock it out: the oldest silent one makes room.
-            silent = next((other for other, spoke in self._tasks.items() if not spoke), None)
-            if silent is None:
-                writer.close()
-                return
-            del self._tasks[silent]
-            silent.cancel()
+            # (silent, or trickling bytes) must not lock it out: the oldest one makes room.
+            oldest = next(iter(self._tasks))
+            del self._tasks[oldest]
+            oldest.cancel()
             self.state.metrics.inc("smg_peer_link_refused_total", reason="evicted")
-        self._tasks[task] = False
+        self._tasks[task] = None
         try:
             await asyncio.wait_for(
-                self._exchange(reader, writer, peer, task), self.config.limits.peer_timeout
+                self._exchange(reader, writer, peer), self.config.limits.peer_timeout
             )
         except (TimeoutError, ConnectionError, OSError):
             self.state.metrics.inc("smg_peer_link_refused_total", reason="incomplete")
@@ -113,11 +110,7 @@ class PeerLinkServer:
                 await asyncio.wait_for(writer.wait_closed(), timeout=2)
 
     async def _exchange(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        peer: str,
-        task: asyncio.Task[None],
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
     ) -> None:
         state, config = self.state, self.config
         link = TargetLink(
@@ -135,8 +128,6 @@ class PeerLinkServer:
                 data = await reader.read(READ_SIZE)
                 if not data:
                     raise ConnectionResetError("peer closed before announcing")
-                if task in self._tasks:
-                    self._tasks[task] = True  # it spoke: never evicted for silence
                 events = link.receive(data)
                 if events:
                     break

@@ -438,17 +438,20 @@ async def test_a_reload_cannot_switch_a_peer_to_the_identity_suite(
 
 
 async def test_silent_connections_do_not_lock_a_source_out(proxies: Proxies) -> None:
-    """Anyone who reaches the peer link can open connections and say nothing; a full table of
-    them must not refuse the real source's announcement."""
+    """Anyone who reaches the peer link can open connections and say nothing, or trickle a few
+    bytes; a full table of them must not refuse the real source's announcement."""
     async with proxies.pair() as rig:
         peer_link = rig.target_proxy.peer_link
         assert peer_link is not None
         assert peer_link.address is not None
         silent = []
         try:
-            for _ in range(peer.MAX_PEER_CONNECTIONS):
+            for index in range(peer.MAX_PEER_CONNECTIONS):
                 reader, writer = await asyncio.open_connection(*peer_link.address)
                 await _frame(reader, peerlink.FrameReader())  # served: the challenge came
+                if index % 2:
+                    writer.write(peerlink.MAGIC)  # a trickle: the start of a header, no more
+                    await writer.drain()
                 silent.append(writer)
             verdict = await exchange(rig, announce_with(rig))
             assert verdict.accepted, verdict.reason
