@@ -2,7 +2,7 @@
 ``/healthz`` (JSON). Read-only, no authentication: bind it to loopback or a management network.
 
 One request per connection, a bounded request head, a bounded wait for it and for the answer
-to be taken, at most ``MAX_CONNECTIONS`` at once, no request body;
+to be taken, at most ``MAX_CONNECTIONS`` at once (a new one closes the oldest), no request body;
 anything but ``GET``/``HEAD`` of those two paths gets a 4xx answer.
 """
 
@@ -23,8 +23,9 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_HEAD = 8192
 #: How long a client may take to send its request head, and then to take the answer.
 HEAD_TIMEOUT = 10.0
-#: Connections served at once; a scraper uses one. More are closed at once, so that idle or
-#: slow clients cannot hold the process's file descriptors (the routes need them).
+#: Connections served at once; a scraper uses one. Each further one closes the oldest, so that
+#: idle or slow clients can neither hold the process's file descriptors (the routes need
+#: them) nor lock the scraper out.
 MAX_CONNECTIONS = 16
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
@@ -46,7 +47,8 @@ class MonitoringServer:
         self._health = health
         self._server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
-        self._open: set[asyncio.StreamWriter] = set()
+        #: Connections being served, oldest first (a dict keeps the order of arrival).
+        self._open: dict[asyncio.StreamWriter, None] = {}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -63,9 +65,12 @@ class MonitoringServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._open) >= MAX_CONNECTIONS:
-            writer.close()  # nothing buffered: no wait
-            return
-        self._open.add(writer)
+            # A scraper's request takes one round trip: the oldest connection makes room, so
+            # idle or trickling clients cannot lock the scraper out.
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            oldest.transport.abort()
+        self._open[writer] = None
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
@@ -80,7 +85,7 @@ class MonitoringServer:
         except (ConnectionError, TimeoutError):
             writer.transport.abort()
         finally:
-            self._open.discard(writer)
+            self._open.pop(writer, None)
 
     def _route(self, head: bytes) -> tuple[int, str, bytes, bool]:
         try:

@@ -5,6 +5,7 @@ and the ``control route`` commands, against a real ``proxy`` process or a real l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -260,9 +261,9 @@ REQUEST = b"GET /metrics?name[]=smg_sealed_total HTTP/1.1\r\nHost: 127.0.0.1:986
 async def test_idle_and_slow_http_clients_hold_nothing_for_long(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Slowloris on the monitoring listener: idle connections beyond the cap are closed at once
-    (no answer at all), a client that never reads a large answer is dropped at the deadline, and
-    the listener serves again once they are gone."""
+    """Slowloris on the monitoring listener: with every slot held by idle or trickling
+    connections a scraper is still served (the oldest connection makes room), a client that
+    never reads a large answer is dropped at the deadline."""
     big = "x" * (32 * 1024 * 1024)
     monitoring = MonitoringServer(
         "127.0.0.1", 0, lambda: big, lambda: {"status": "serving"}
@@ -270,28 +271,30 @@ async def test_idle_and_slow_http_clients_hold_nothing_for_long(
     await monitoring.start()
     assert monitoring.address is not None
     address = monitoring.address
-    idle: list[asyncio.StreamWriter] = []
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
-        for _ in range(http_module.MAX_CONNECTIONS):
-            idle.append((await asyncio.open_connection(*address))[1])
+        for index in range(http_module.MAX_CONNECTIONS):
+            reader, writer = await asyncio.open_connection(*address)
+            if index % 2:
+                writer.write(b"GET /hea")  # a trickle: part of a request line, no more
+            idle.append((reader, writer))
+
+        async def all_accepted() -> None:
+            while len(monitoring._open) < http_module.MAX_CONNECTIONS:
+                await asyncio.sleep(0.02)
+
+        await bounded(all_accepted(), "the listener to accept every idle connection")
         reader, writer = await asyncio.open_connection(*address)
-        assert await bounded(reader.read(), "the listener to close the extra connection") == b""
+        writer.write(get("/healthz"))
+        answer = await bounded(reader.read(), "the scraper's answer")
         writer.close()
-        for other in idle:
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        oldest = idle[0][0]
+        with contextlib.suppress(ConnectionResetError):  # aborted: a reset is a close too
+            assert await bounded(oldest.read(), "the oldest connection to be closed") == b""
+        for _, other in idle:
             other.close()
         idle.clear()
-        while True:  # the listener notices the closed connections on its own schedule
-            reader, writer = await asyncio.open_connection(*address)
-            writer.write(get("/healthz"))
-            try:  # refused unread: the kernel answers the request bytes with a reset
-                answer = await bounded(reader.read(), "an answer")
-            except ConnectionResetError:
-                answer = b""
-            writer.close()
-            if answer:
-                break
-            await asyncio.sleep(0.02)
-        assert answer.startswith(b"HTTP/1.1 200 ")
 
         # A scraper that asks for /metrics and never reads: dropped at the deadline.
         monkeypatch.setattr(http_module, "HEAD_TIMEOUT", 0.2)
@@ -310,7 +313,7 @@ async def test_idle_and_slow_http_clients_hold_nothing_for_long(
         finally:
             sock.close()
     finally:
-        for other in idle:
+        for _, other in idle:
             other.close()
         await bounded(monitoring.close(), "the listener to close")
 
