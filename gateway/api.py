@@ -31,6 +31,7 @@ from gateway.errors import ConfigError
 from gateway.keys import Keyring
 from gateway.replay import ReplayGuard
 from schemas import ChannelType, StateModel, latest_version
+from schemas.display import JpegWanCompression
 
 __all__ = ["OpenedNative", "open_native", "seal_native"]
 
@@ -115,10 +116,15 @@ def open_native(
     replay_guard: ReplayGuard,
     channel_id: int = 0,
     policy: Policy = DEFAULT_POLICY,
+    jpeg_wan_compression: JpegWanCompression = "auto",
 ) -> OpenedNative:
     """Authenticate ``blob``, check that it was sealed for exactly this channel, VM, migration,
     source host (or one of several) and target host, within its lifetime, record it as used in
     ``replay_guard`` and return the native payload rebuilt from its validated state.
+
+    ``jpeg_wan_compression`` is the target QEMU's ``-spice jpeg-wan-compression=`` (QEMU's
+    default ``auto``): a display state's surface list is written in the format that target's
+    spice-server reads, whatever format the source wrote (the wrong one aborts it).
 
     ``migration`` may be ``"any"`` for the first channel of a client session; pin the returned
     ``context.migration_id`` for the session's other channels. Raises a
@@ -137,4 +143,7 @@ ANY_MIGRATION if migration == "any" else _uuid(migration, "migration")
         schema_version=latest_version(channel_type),
     )
     opened = open_envelope(blob, expected, keyring, replay_guard, policy=policy)
-    return OpenedNative(native.encode(opened.state, channel_type), opened)
+    payload = native.encode(
+        opened.state, channel_type, jpeg_wan_compression=jpeg_wan_compression
+    )
+    return OpenedNative(payload, opened)

@@ -89,6 +89,14 @@ def parse_domain(data: bytes) -> Domain:
     """The parts of a libvirt domain XML the gateway uses (MalformedInput, TooLarge)."""
     if len(data) > MAX_DOMAIN_XML:
         raise TooLarge(f"domain XML larger than {MAX_DOMAIN_XML} bytes")
+    # libvirt writes UTF-8. In UTF-16 or UTF-32 (which the parser would also read) markup is
+    # not ASCII bytes, and the search for declarations below would not see it.
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedInput("domain XML: not UTF-8") from None
+    if b"\0" in data:
+        raise MalformedInput("domain XML: a NUL byte (not UTF-8 text)")
     if _DECLARATION.search(data):
         # A DOCTYPE (and with it any entity) or a declaration: libvirt never writes one.
         raise MalformedInput("domain XML: declarations (<!DOCTYPE, <!ENTITY) are not accepted")

@@ -13,6 +13,9 @@ import gateway
 from gateway import native
 from gateway.cli import main
 from gateway.keys import KeyState, load_keyring
+from schemas import ChannelType, DisplayState
+
+from .test_library_api import always_source_display
 
 SAMPLES = Path(gateway.__file__).parent / "samples"
 VM = "6f1c1b9e-0d5e-4d8a-9a53-2f43c0a5f0a1"
@@ -132,6 +135,28 @@ def test_seal_then_open_gives_back_the_native_bytes(
     assert code == 0, err
     assert (tmp_path / "native.bin").read_bytes() == (SAMPLES / f"{channel}.bin").read_bytes()
     refused_as(capsys, "Replayed", *open_args(keyring_path, tmp_path, blob, channel))
+
+
+@pytest.mark.parametrize(
+    ("extra", "kind"), [((), "lossless"), (("--jpeg-wan-compression", "always"), "lossy")]
+)
+def test_open_writes_the_surface_list_the_target_reads(
+    keyring_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    extra: tuple[str, ...], kind: str,
+) -> None:
+    """A lossy list with low_bandwidth 0 (an ``always`` source) reaches an ``auto`` target as
+    the lossless list it reads."""
+    native_in = tmp_path / "display-always.bin"
+    native_in.write_bytes(always_source_display())
+    blob = tmp_path / "display.sealed"
+    code, _, err = run(capsys, "seal", *context_args("display"), "--keyring", str(keyring_path),
+                       "--out", str(blob), str(native_in))
+    assert code == 0, err
+    code, _, err = run(capsys, *open_args(keyring_path, tmp_path, blob, "display", *extra))
+    assert code == 0, err
+    state = native.decode(ChannelType.DISPLAY, (tmp_path / "native.bin").read_bytes())
+    assert isinstance(state, DisplayState)
+    assert state.surfaces.kind == kind
 
 
 def test_open_checks_the_context(

@@ -17,6 +17,8 @@ from gateway import native
 from gateway.errors import ConfigError, ContextMismatch, Replayed, SchemaViolation, Truncated
 from gateway.keys import Keyring
 from gateway.replay import ReplayGuard
+from schemas import ChannelType, DisplayState
+from schemas.display import LossyRect, LossySurface, SurfacesLossy
 
 SAMPLES = Path(gateway.__file__).parent / "samples"
 VM = uuid.UUID("6f1c1b9e-0d5e-4d8a-9a53-2f43c0a5f0a1")
@@ -147,3 +149,35 @@ def test_proxy_is_a_regular_package() -> None:
     assert Path(spec.origin).name == "__init__.py"
     packages = {module.name for module in pkgutil.iter_modules(gateway.__path__) if module.ispkg}
     assert {"cli", "native", "proxy", "service", "spice"} <= packages
+
+
+def always_source_display() -> bytes:
+    """What a source QEMU with ``jpeg-wan-compression=always`` writes for two surfaces on a
+    fast link: a lossy list with ``low_bandwidth`` 0."""
+    state = native.decode(ChannelType.DISPLAY, (SAMPLES / "display.bin").read_bytes())
+    assert isinstance(state, DisplayState)
+    lossy = SurfacesLossy(
+        surfaces=(
+            LossySurface(id=0, lossy_rect=LossyRect(left=0, top=0, right=720, bottom=400)),
+            LossySurface(id=1, lossy_rect=LossyRect(left=0, top=0, right=0, bottom=0)),
+        )
+    )
+    return native.encode(state.model_copy(update={"low_bandwidth": False, "surfaces": lossy}))
+
+
+@pytest.mark.parametrize(
+    ("setting", "kind"), [(None, "lossless"), ("auto", "lossless"), ("always", "lossy")]
+)
+def test_open_native_writes_the_surface_list_the_target_reads(
+    keyring: Keyring, guard: ReplayGuard, setting: str | None, kind: str
+) -> None:
+    """Without the rewrite an ``auto`` target (QEMU's default) reads the lossy list as ids,
+    finds surface 0 twice and aborts."""
+    blob = gateway.seal_native("display", always_source_display(), keyring=keyring, **BINDING)
+    extra = {} if setting is None else {"jpeg_wan_compression": setting}
+    opened = gateway.open_native(
+        blob, channel="display", keyring=keyring, replay_guard=guard, **BINDING, **extra
+    )
+    state = native.decode(ChannelType.DISPLAY, opened.payload)
+    assert isinstance(state, DisplayState)
+    assert state.surfaces.kind == kind

@@ -271,6 +271,19 @@ def test_malformed_xml_is_refused(document: bytes) -> None:
     assert len(str(caught.value)) < 300
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+def test_a_declaration_in_another_encoding_is_refused(encoding: str) -> None:
+    """The declarations are refused in whatever encoding the parser would read: a DOCTYPE in
+    UTF-16 (which the byte search for ``<!DOCTYPE`` does not see) must not define entities."""
+    document = (
+        f'<?xml version="1.0" encoding="{encoding.upper()}"?>\n'
+        '<!DOCTYPE domain [<!ENTITY n "web01">]>\n'
+        f"<domain><name>&n;</name><uuid>{UUID}</uuid></domain>"
+    )
+    with pytest.raises(MalformedInput, match="domain XML"):
+        parse_domain(document.encode(encoding))
+
+
 def test_every_flipped_bit_is_parsed_or_refused_cleanly() -> None:
     """Bit flips all over the document: a GatewayError or a domain, nothing else, never a
     route to a non-loopback address."""

@@ -232,6 +232,14 @@ def test_duplicate_listen_addresses_are_refused(listen: str) -> None:
     assert "two routes listen on the same address" in refused(MINIMAL + second_route(listen=listen))
 
 
+@pytest.mark.parametrize("listen", ["127.0.0.1:5901"])
+def test_a_route_listening_on_another_routes_upstream_is_refused(listen: str) -> None:
+    """vm forwards to 127.0.0.1:5901: a route listening there would catch vm's clients."""
+    assert "a route's upstream is a route's listen address" in refused(
+        MINIMAL + second_route(listen=listen)
+    )
+
+
 def test_equal_ipv6_spellings_are_one_listen_address() -> None:
     text = MINIMAL.replace("127.0.0.1:5900", "[::1]:5900") + second_route(listen="[0::1]:5900")
     assert "two routes listen on the same address" in refused(text)

@@ -34,6 +34,7 @@ from gateway.errors import ConfigError
 from gateway.keys import load_keyring
 from gateway.replay import ReplayGuard
 from schemas import latest_version
+from schemas.display import JPEG_WAN_COMPRESSION
 
 __all__ = ["add_parsers"]
 
@@ -127,6 +128,15 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     _add_context_options(opener, opening=True)
     opener.add_argument("--replay-db", required=True, metavar="FILE", help="SQLite replay guard")
     opener.add_argument(
+        "--jpeg-wan-compression",
+        choices=JPEG_WAN_COMPRESSION,
+        default="auto",
+        help=(
+            "the target QEMU's jpeg-wan-compression setting (default: auto, QEMU's): a display "
+            "state's surface list is written in the format its spice-server reads"
+        ),
+    )
+    opener.add_argument(
         "--schema-version",
         type=int,
         metavar="N",
@@ -210,7 +220,10 @@ def _open(args: argparse.Namespace) -> int:
     blob = read_input(args.file, limit=policy.max_blob_size)
     with ReplayGuard(args.replay_db) as guard:
         opened = open_envelope(blob, expected, keyring, guard, policy=policy)
-    write_output(args.out, native.encode(opened.state, channel))
+    write_output(
+        args.out,
+        native.encode(opened.state, channel, jpeg_wan_compression=args.jpeg_wan_compression),
+    )
     return 0
 
 

@@ -137,7 +137,9 @@ def _register(socket: str, domain: Any, settings: Any) -> int:
     from gateway.libvirt import routes_for
 
     for route in routes_for(domain, settings):
-        answer = _ask(socket, {"cmd": "route_add", "route": route, "replace": True})
+        answer = _ask(
+            socket, {"cmd": "route_add", "route": route, "replace": True, "origin": "control"}
+        )
         if not answer.get("ok"):
             raise HookRefused(
                 f"domain {domain.name}: the proxy refused route {route['name']}: "
@@ -156,7 +158,18 @@ def _unregister(socket: str, domain: Any) -> int:
 
     try:
         for name in route_names(domain):
-            answer = _ask(socket, {"cmd": "route_remove", "name": name, "missing_ok": True})
+            # Only the routes the hook registered for this domain: a config route or another
+            # domain's route of the same name stays.
+            answer = _ask(
+                socket,
+                {
+                    "cmd": "route_remove",
+                    "name": name,
+                    "missing_ok": True,
+                    "origin": "control",
+                    "vm_id": str(domain.uuid),
+                },
+            )
             if not answer.get("ok"):
                 print(f"spice-migration-gateway: {answer.get('error')}", file=sys.stderr)
     except HookRefused as error:

@@ -121,8 +121,8 @@ class Peer(_Strict):
     RELOAD: ClassVar[dict[str, str]] = {
         "host_id": "reload",
         "addresses": "reload",
-        "suite": "restart",
-        "peer_address": "restart",
+        "suite": "reload",
+        "peer_address": "reload",
     }
 
     host_id: HostId
@@ -324,6 +324,8 @@ class ProxyConfig(_Strict):
         listens = [parse_address(route.listen) for route in self.routes]
         if len(set(listens)) != len(listens):
             raise ValueError("two routes listen on the same address")
+        if not {parse_address(route.upstream) for route in self.routes}.isdisjoint(listens):
+            raise ValueError("a route's upstream is a route's listen address")
         peer_ids = [peer.host_id for peer in self.peers]
         if len(set(peer_ids)) != len(peer_ids) or self.host_id in peer_ids:
             raise ValueError("peer host ids must be unique and differ from host_id")

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from gateway.envelope import Policy
 from gateway.errors import ConfigError, GatewayError
 from gateway.proxy.config import ProxyConfig, Route, load_config, parse_address
-from gateway.proxy.routes import os_reason
+from gateway.proxy.routes import Origin, os_reason
 from gateway.service.control import ControlServer
 from gateway.service.http import MonitoringServer
 from gateway.service.logs import audit, log
@@ -219,6 +219,22 @@ class Lifecycle:
         except ValidationError as error:
             raise ConfigError(f"route: {_first_problem(error)}") from None
         replace = request.get("replace", False) is True
+        origin = _origin(request)
+        current = self.proxy.routes.routes.get(route.name)
+        if replace and origin is not None and current is not None and current != route:
+            # The libvirt hook names its routes after domains that any libvirt user may
+            # define: with an origin it replaces only a route of that origin and that VM.
+            if self.proxy.routes.origin(route.name) != origin:
+                raise ConfigError(
+                    f"route {route.name} is served from the "
+                    f"{self.proxy.routes.origin(route.name)}; only a route from the {origin} "
+                    "may be replaced here"
+                )
+            if current.vm_id != route.vm_id:
+                raise ConfigError(
+                    f"route {route.name} serves VM {current.vm_id}; it cannot be replaced by "
+                    f"a route for VM {route.vm_id}"
+                )
         outcome = await self.proxy.routes.add(route, "control", replace=replace)
         self.proxy.metrics.route_added(route.name)
         host, port = self.proxy.routes.addresses[route.name]
@@ -228,10 +244,29 @@ class Lifecycle:
         name = request.get("name")
         if not isinstance(name, str):
             raise ConfigError("route_remove needs a string 'name'")
-        if name not in self.proxy.routes and request.get("missing_ok") is True:
+        origin = _origin(request)
+        vm_id = request.get("vm_id")
+        if vm_id is not None and not isinstance(vm_id, str):
+            raise ConfigError("route_remove's 'vm_id' is a string")
+        route_origin = self.proxy.routes.origin(name)
+        current = self.proxy.routes.routes.get(name)
+        other = (origin is not None and route_origin != origin) or (
+            vm_id is not None and current is not None and str(current.vm_id) != vm_id.lower()
+        )
+        if request.get("missing_ok") is True and (current is None or other):
             return {"route": name, "outcome": "absent"}
-        await self.proxy.routes.remove(name)
+        if other:
+            raise ConfigError(f"no route named {name!r} of that origin and VM")
+        await self.proxy.routes.remove(name, origin=origin)
         return {"route": name, "outcome": "removed"}
+
+
+def _origin(request: dict[str, Any]) -> Origin | None:
+    """A route command's optional ``origin``: act only on a route that came from there."""
+    origin = request.get("origin")
+    if origin is None or origin == "config" or origin == "control":
+        return origin
+    raise ConfigError("'origin' is 'config' or 'control'")
 
 
 def _same_restart_keys(old: ProxyConfig, new: ProxyConfig) -> None:

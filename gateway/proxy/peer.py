@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import functools
 import logging
+import uuid
+from collections.abc import Callable, Iterable
 
 from gateway.errors import GatewayError
 from gateway.peerlink import (
@@ -37,18 +39,33 @@ MAX_PEER_CONNECTIONS = 64
 
 
 class PeerLinkServer:
-    """Target side: takes announcements on ``peer_listen`` and records each VM's attempt."""
+    """Target side: takes announcements on ``peer_listen`` and records each VM's attempt.
 
-    def __init__(self, config: ProxyConfig, state: ProxyState) -> None:
-        self.config = config
+    Each connection reads the config in force (``state.config``, replaced on reload) and
+    ``vm_ids()``, the VMs of the routes served at that moment (config and control API alike).
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        state: ProxyState,
+        vm_ids: Callable[[], Iterable[uuid.UUID]] | None = None,
+    ) -> None:
         self.state = state
+        self._listen = config.peer_listen
+        self._vm_ids = vm_ids or (lambda: (route.vm_id for route in self.config.routes))
         self.address: tuple[str, int] | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        #: Connections being served, oldest first (a dict keeps the order of arrival).
+        self._tasks: dict[asyncio.Task[None], None] = {}
+
+    @property
+    def config(self) -> ProxyConfig:
+        return self.state.config
 
     async def start(self) -> None:
-        assert self.config.peer_listen is not None
-        host, port = parse_address(self.config.peer_listen)
+        assert self._listen is not None
+        host, port = parse_address(self._listen)
         self._server = await asyncio.start_server(
             self._serve, host, port, limit=READ_SIZE, reuse_address=True
         )
@@ -70,10 +87,17 @@ class PeerLinkServer:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         task = asyncio.current_task()
-        if task is None or len(self._tasks) >= MAX_PEER_CONNECTIONS:
+        if task is None:
             writer.close()
             return
-        self._tasks.add(task)
+        if len(self._tasks) >= MAX_PEER_CONNECTIONS:
+            # A real source answers the challenge within a round trip; connections that stay
+            # (silent, or trickling bytes) must not lock it out: the oldest one makes room.
+            oldest = next(iter(self._tasks))
+            del self._tasks[oldest]
+            oldest.cancel()
+            self.state.metrics.inc("smg_peer_link_refused_total", reason="evicted")
+        self._tasks[task] = None
         try:
             await asyncio.wait_for(
                 self._exchange(reader, writer, peer), self.config.limits.peer_timeout
@@ -84,7 +108,7 @@ class PeerLinkServer:
         except asyncio.CancelledError:
             pass
         finally:
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), timeout=2)
@@ -99,7 +123,7 @@ class PeerLinkServer:
             config.host_id,
             state.keyring(),
             config.trusted_sources,
-            [route.vm_id for route in config.routes],
+            self._vm_ids(),
             now=state.clock(),
             clock_skew=config.limits.clock_skew,
             identity=identity,
@@ -170,10 +194,11 @@ class PeerLinkServer:
         )
 
 
-def make_announcer(config: ProxyConfig, state: ProxyState) -> Announcer:
+def make_announcer(state: ProxyState) -> Announcer:
     """Source side: the coroutine that announces a session's attempt to its target."""
 
     async def announce(route: Route, session: Session) -> bool:
+        config = state.config  # the one in force now (a reload replaces it)
         with session.lock:
             migration_id, target = session.migration_id, session.target_host
             channels = sorted(session.expected_channels)

@@ -98,6 +98,8 @@ def _listeners(config: ProxyConfig) -> list[str]:
     wanted = [(f"route {route.name}", route.listen) for route in config.routes]
     if config.metrics_listen is not None:
         wanted.append(("metrics_listen", config.metrics_listen))
+    if config.peer_listen is not None:
+        wanted.append(("peer_listen", config.peer_listen))
     problems = []
     seen: dict[tuple[str, int], str] = {}
     for what, text in wanted:

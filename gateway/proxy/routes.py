@@ -96,6 +96,11 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self._active)
 
+    def origin(self, name: str) -> Origin | None:
+        """Where the serving route ``name`` came from; None when there is none."""
+        listener = self._active.get(name)
+        return None if listener is None else listener.origin
+
     @property
     def routes(self) -> dict[str, Route]:
         return {name: listener.route for name, listener in self._active.items()}
@@ -129,8 +134,9 @@ class RouteTable:
         """Start serving ``route``; "added", "replaced" or "unchanged" (already served as is).
 
         Refuses (ConfigError) a route whose name is taken by a different route unless
-        ``replace``, a route whose listen address another route uses, and a route that
-        proxies to itself.
+        ``replace``, a route whose listen address another route listens on or forwards to,
+        a route that forwards to another route's listen address, and one that proxies to
+        itself.
         """
         async with self._lock:
             return await self._add(route, origin, replace=replace)
@@ -198,10 +204,22 @@ class RouteTable:
             if not replace:
                 raise ConfigError(f"route {route.name} exists with other settings")
         listen = parse_address(route.listen)
+        upstream = parse_address(route.upstream)
         for name, other in self._active.items():
-            if name != route.name and parse_address(other.route.listen) == listen:
+            if name == route.name:
+                continue
+            if parse_address(other.route.listen) == listen:
                 raise ConfigError(
                     f"route {route.name}: route {name} already listens on {route.listen}"
+                )
+            if parse_address(other.route.listen) == upstream:
+                raise ConfigError(
+                    f"route {route.name}: upstream {route.upstream} would proxy to route {name}"
+                )
+            if parse_address(other.route.upstream) == listen:
+                # Free while that VM's spice-server is down: its clients would reach this VM.
+                raise ConfigError(
+                    f"route {route.name}: {route.listen} is route {name}'s upstream"
                 )
         # TLS settings are checked before anything changes.
         client_tls, upstream_tls = self._tls(route)

@@ -305,8 +305,16 @@ class ProxyServer:
             clock=clock,
             identity=self._identity if self.identity_files is not None else None,
         )
-        self.state.announcer = make_announcer(config, self.state)
-        self.peer_link = PeerLinkServer(config, self.state) if config.peer_listen else None
+        self.state.announcer = make_announcer(self.state)
+        self.peer_link = (
+            PeerLinkServer(
+                config,
+                self.state,
+                lambda: [route.vm_id for route in self.routes.routes.values()],
+            )
+            if config.peer_listen
+            else None
+        )
         self._connections: set[asyncio.Task[None]] = set()
         self.routes = RouteTable(
             self._accept,

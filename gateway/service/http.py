@@ -1,14 +1,14 @@
 """The optional HTTP listener for monitoring: ``/metrics`` (Prometheus text format) and
 ``/healthz`` (JSON). Read-only, no authentication: bind it to loopback or a management network.
 
-One request per connection, a bounded request head, a bounded wait for it, no request body;
+One request per connection, a bounded request head, a bounded wait for it and for the answer
+to be taken, at most ``MAX_CONNECTIONS`` at once (a new one closes the oldest), no request body;
 anything but ``GET``/``HEAD`` of those two paths gets a 4xx answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -21,8 +21,12 @@ __all__ = ["MAX_HEAD", "PROMETHEUS_CONTENT_TYPE", "MonitoringServer", "parse_req
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: The request line and headers together; a scraper sends a few hundred bytes.
 MAX_HEAD = 8192
-#: How long a client may take to send its request head.
+#: How long a client may take to send its request head, and then to take the answer.
 HEAD_TIMEOUT = 10.0
+#: Connections served at once; a scraper uses one. Each further one closes the oldest, so that
+#: idle or slow clients can neither hold the process's file descriptors (the routes need
+#: them) nor lock the scraper out.
+MAX_CONNECTIONS = 16
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 
@@ -43,6 +47,8 @@ class MonitoringServer:
         self._health = health
         self._server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
+        #: Connections being served, oldest first (a dict keeps the order of arrival).
+        self._open: dict[asyncio.StreamWriter, None] = {}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -58,20 +64,28 @@ class MonitoringServer:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._open) >= MAX_CONNECTIONS:
+            # A scraper's request takes one round trip: the oldest connection makes room, so
+            # idle or trickling clients cannot lock the scraper out.
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            oldest.transport.abort()
+        self._open[writer] = None
         try:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
             except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
-                await _answer(writer, 400, "text/plain", b"bad request\n", head_only=False)
-                return
-            status, content_type, body, head_only = self._route(head)
-            await _answer(writer, status, content_type, body, head_only=head_only)
-        except ConnectionError:
-            pass
-        finally:
+                answer = (400, "text/plain", b"bad request\n", False)
+            else:
+                answer = self._route(head)
+            # A client that does not read its answer is not waited for beyond the deadline.
+            await asyncio.wait_for(_answer(writer, *answer), HEAD_TIMEOUT)
             writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            await asyncio.wait_for(writer.wait_closed(), HEAD_TIMEOUT)
+        except (ConnectionError, TimeoutError):
+            writer.transport.abort()
+        finally:
+            self._open.pop(writer, None)
 
     def _route(self, head: bytes) -> tuple[int, str, bytes, bool]:
         try:
@@ -118,7 +132,7 @@ def parse_request_head(head: bytes) -> tuple[str, str]:
 
 
 async def _answer(
-    writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes, *, head_only: bool
+    writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes, head_only: bool
 ) -> None:
     reason = _REASONS.get(status, "Service Unavailable")
     head = (

@@ -21,10 +21,12 @@ from gateway.envelope import Context, seal
 from gateway.errors import ContextMismatch, Expired
 from gateway.keys import Keyring, load_keyring
 from gateway.peerlink import ChallengeAnswered, SourceLink, TargetLink
-from gateway.proxy.sessions import Attempt
+from gateway.proxy import lifecycle, peer
+from gateway.proxy.config import Route
+from gateway.proxy.sessions import Attempt, Session
 from gateway.spice.constants import ChannelType, Msgc
 
-from .conftest import SOURCE_HOST, TARGET_HOST, LogRecords, Proxies, Rig
+from .conftest import SOURCE_HOST, TARGET_HOST, LogRecords, Proxies, Rig, free_port
 from .peers import ALL_CHANNELS, TIMEOUT, ClientSession
 from .test_open_path import CHANNELS, VM, Target, migrate_data, target_state
 from .test_tamper import assert_outcome, migrate, prepare
@@ -339,6 +341,101 @@ async def test_an_announcement_from_an_untrusted_source_is_refused(
     async with proxies.pair() as rig:
         verdict = await exchange(rig, announce_with(rig, source="rogue-host"))
         assert_announcement_refused(rig, logs, verdict, "ContextMismatch")
+
+
+async def test_an_announcement_for_a_route_added_at_runtime_is_taken(proxies: Proxies) -> None:
+    """A VM served through the control API (the libvirt hook's way) can be announced."""
+    async with proxies.pair() as rig:
+        vm = uuid.uuid4()
+        live = Route(
+            name="live",
+            listen=f"127.0.0.1:{free_port()}",
+            upstream=f"127.0.0.1:{free_port()}",
+            vm_id=vm,
+        )
+        await rig.target_proxy.routes.add(live, "control")
+        verdict = await exchange(rig, announce_with(rig, vm=vm))
+        assert verdict.accepted, verdict.reason
+        attempt = rig.target_proxy.state.attempts.current(vm)
+        assert attempt is not None
+
+
+async def test_an_announcement_for_a_removed_route_is_refused(
+    proxies: Proxies, logs: LogRecords
+) -> None:
+    async with proxies.pair() as rig:
+        await rig.target_proxy.routes.remove("vm")
+        verdict = await exchange(rig, announce_with(rig))
+        assert_announcement_refused(rig, logs, verdict, "ContextMismatch")
+
+
+async def test_a_source_no_longer_trusted_after_a_reload_cannot_announce(
+    proxies: Proxies, logs: LogRecords, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator drops a compromised source from ``peers`` and reloads: its announcements
+    (which would supersede the attempts of the VM's real source) are refused from then on."""
+    async with proxies.pair() as rig:
+        proxy = rig.target_proxy
+        revoked = rig.target_config.model_copy(update={"peers": ()})
+        monkeypatch.setattr(lifecycle, "load_config", lambda path: revoked)
+        proxy.lifecycle.config_path = Path("reloaded.toml")
+        await proxy.lifecycle.reload()
+        assert proxy.state.config.trusted_sources == frozenset()
+        verdict = await exchange(rig, announce_with(rig))
+        assert_announcement_refused(rig, logs, verdict, "ContextMismatch")
+
+
+async def test_the_source_announces_to_the_peer_address_of_the_config_in_force(
+    proxies: Proxies, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer's peer_address changed by a reload is where the next attempt is announced."""
+    async with proxies.pair() as rig:
+        proxy = rig.source_proxy
+        announcer = proxy.state.announcer
+        assert announcer is not None
+        route = proxy.routes.routes["vm"]
+
+        def attempt() -> Session:
+            session = Session(route.name, 7, migration_id=uuid.uuid4(), target_host=TARGET_HOST)
+            session.link((ChannelType.MAIN, 0))
+            return session
+
+        assert await announcer(route, attempt())
+        (target,) = rig.source_config.peers
+        moved = target.model_copy(update={"peer_address": f"127.0.0.1:{free_port()}"})
+        reloaded = rig.source_config.model_copy(update={"peers": (moved,)})
+        monkeypatch.setattr(lifecycle, "load_config", lambda path: reloaded)
+        proxy.lifecycle.config_path = Path("reloaded.toml")
+        await proxy.lifecycle.reload()
+        assert not await announcer(route, attempt())
+        assert proxy.metrics.get("smg_peer_link_down_total", reason="unreachable") == 1
+
+
+async def test_silent_connections_do_not_lock_a_source_out(proxies: Proxies) -> None:
+    """Anyone who reaches the peer link can open connections and say nothing, or trickle a few
+    bytes; a full table of them must not refuse the real source's announcement."""
+    async with proxies.pair() as rig:
+        peer_link = rig.target_proxy.peer_link
+        assert peer_link is not None
+        assert peer_link.address is not None
+        silent = []
+        try:
+            for index in range(peer.MAX_PEER_CONNECTIONS):
+                reader, writer = await asyncio.open_connection(*peer_link.address)
+                await _frame(reader, peerlink.FrameReader())  # served: the challenge came
+                if index % 2:
+                    writer.write(peerlink.MAGIC)  # a trickle: the start of a header, no more
+                    await writer.drain()
+                silent.append(writer)
+            verdict = await exchange(rig, announce_with(rig))
+            assert verdict.accepted, verdict.reason
+            evicted = rig.target_proxy.metrics.get(
+                "smg_peer_link_refused_total", reason="evicted"
+            )
+            assert evicted == 1
+        finally:
+            for writer in silent:
+                writer.close()
 
 
 async def test_garbage_on_the_peer_link_is_refused(proxies: Proxies, logs: LogRecords) -> None:

@@ -43,6 +43,7 @@ class Setup:
             "tls_key": str(self.tls / "key.pem"),
         }
         self.metrics_listen = f"127.0.0.1:{free_port()}"
+        self.peer_listen: str | None = None
 
     def text(self) -> str:
         body = config_toml(
@@ -53,7 +54,8 @@ class Setup:
             limits=TEST_LIMITS,
             control_socket=self.control_socket,
         )
-        return f'metrics_listen = "{self.metrics_listen}"\n' + body
+        peer = "" if self.peer_listen is None else f'peer_listen = "{self.peer_listen}"\n'
+        return f'metrics_listen = "{self.metrics_listen}"\n' + peer + body
 
     def problems(self) -> list[str]:
         return preflight(parse_config(self.text().encode()))
@@ -87,6 +89,14 @@ def _busy(setup: Setup) -> Callable[[], Any]:
     return sock.close
 
 
+def _busy_peer_link(setup: Setup) -> Callable[[], Any]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    setup.peer_listen = f"127.0.0.1:{sock.getsockname()[1]}"
+    return sock.close
+
+
 def _stale_socket(setup: Setup) -> Callable[[], Any]:
     sock = socket.socket(socket.AF_UNIX)
     sock.bind(str(setup.control_socket))
@@ -117,6 +127,11 @@ BROKEN: dict[str, tuple[Callable[[Setup], Any], str | None]] = {
     "metrics on a route's port": (
         lambda s: setattr(s, "metrics_listen", s.route["listen"]),
         "also where route vm listens",
+    ),
+    "peer link port in use": (_busy_peer_link, "peer_listen: cannot listen on"),
+    "peer link on the metrics port": (
+        lambda s: setattr(s, "peer_listen", s.metrics_listen),
+        "peer_listen: ",
     ),
     "control socket directory missing": (
         lambda s: setattr(s, "control_socket", s.tmp_path / "nowhere" / "c.sock"),

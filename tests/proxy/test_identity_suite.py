@@ -37,7 +37,6 @@ from gateway.identity import (
 )
 from gateway.keys import Keyring, load_keyring
 from gateway.peerlink import ChallengeAnswered, SourceLink, TargetLink
-from gateway.proxy.peer import make_announcer
 from gateway.spice.constants import ChannelType, MigrateFlags, Msg
 from gateway.spice.messages import Migrate, MigrateFlushMark
 
@@ -289,7 +288,8 @@ async def test_a_third_host_in_the_middle_gets_no_blob(proxies: Proxies, logs: L
                         )
                     }
                 )
-                rig.source_proxy.state.announcer = make_announcer(moved, rig.source_proxy.state)
+                # As a reload would: the announcer reads the config in force.
+                rig.source_proxy.state.config = moved
                 session = rig.session(0x1D_0010 + len(rig.sessions))
                 await prepare(session)
             (down,) = logs.audit("peer_link_down")

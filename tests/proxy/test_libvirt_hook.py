@@ -5,13 +5,14 @@ on standard error with a non-zero exit (which aborts the domain's start in libvi
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 from gateway.proxy.config import load_config
 from gateway.proxy.server import ProxyServer
 from gateway.spice.constants import ChannelType
 
-from ..test_libvirt import FIXED, domain_xml
+from ..test_libvirt import FIXED, UUID, domain_xml
 from .conftest import TEST_LIMITS, LogRecords, config_toml, free_port
 from .peers import ScriptedServer, bounded, link_client
 from .test_cli import command
@@ -107,3 +108,104 @@ async def test_hook_registers_serves_and_removes(
     assert "cannot reach" in err
     # A domain without SPICE needs no proxy at all.
     assert await hook(config, "web01", "prepare", "begin", domain_xml("")) == (0, "")
+
+
+async def test_a_domain_named_like_a_config_route_leaves_that_route_alone(
+    tmp_path: Path, keyring_path: Path, socket_dir: Path
+) -> None:
+    """Whoever may define a libvirt domain picks its name: a domain named like a route of the
+    config neither replaces that route when it starts nor removes it when it is released."""
+    server = await ScriptedServer("web01 (config)").start()
+    listen_port = free_port()
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        config_toml(
+            host_id="host-a",
+            keyring=keyring_path,
+            replay_db=tmp_path / "replay.sqlite",
+            routes=[
+                {
+                    "name": "web01",
+                    "listen": f"127.0.0.1:{listen_port}",
+                    "upstream": "{}:{}".format(*server.address),
+                    "vm_id": "6f1c1b9e-0d5e-4d8a-9a53-2f43c0a5f0a1",
+                }
+            ],
+            limits=TEST_LIMITS,
+            control_socket=socket_dir / "control.sock",
+        )
+        + '\n[libvirt]\nlisten_host = "127.0.0.1"\nport_offset = 1\n'
+    )
+    xml = domain_xml(FIXED.replace("15901", str(free_port())))
+    proxy = ProxyServer(load_config(config), config_path=config)
+    await proxy.start()
+    try:
+        configured = proxy.routes.routes["web01"]
+        code, err = await hook(config, "web01", "prepare", "begin", xml)
+        assert code == 2
+        assert "route web01 is served from the config" in err
+        assert await hook(config, "web01", "release", "end", xml) == (0, "")
+        assert proxy.routes.routes == {"web01": configured}
+        assert proxy.routes.origin("web01") == "config"
+        client = await link_client(("127.0.0.1", listen_port), ChannelType.DISPLAY)
+        await relays(client, await server.channel(ChannelType.DISPLAY), 1)
+        await client.close()
+    finally:
+        await bounded(proxy.stop(), "the proxy to stop")
+        await server.close()
+
+
+async def test_a_domain_named_like_another_domains_route_leaves_it_alone(
+    tmp_path: Path, keyring_path: Path, socket_dir: Path
+) -> None:
+    """web01's second SPICE graphics is route ``web01-1``; a domain named ``web01-1`` (anyone
+    who may define a domain picks its name) neither replaces that route nor removes it."""
+    first, second = await ScriptedServer("web01").start(), await ScriptedServer("web01 #2").start()
+    offset = _free_offset(first.address[1], second.address[1])
+    config = hook_config(tmp_path, keyring_path, socket_dir, offset)
+    graphics = FIXED.replace("15901", str(first.address[1])) + FIXED.replace(
+        "15901", str(second.address[1])
+    )
+    xml = domain_xml(graphics)
+    hostile = domain_xml(FIXED.replace("15901", str(free_port())), name="web01-1").replace(
+        UUID.encode(), b"0badc0de-0000-4000-8000-000000000000"
+    )
+    proxy = ProxyServer(load_config(config), config_path=config)
+    await proxy.start()
+    try:
+        code, err = await hook(config, "web01", "prepare", "begin", xml)
+        assert code == 0, err
+        served = proxy.routes.routes["web01-1"]
+        code, err = await hook(config, "web01-1", "prepare", "begin", hostile)
+        assert code == 2
+        assert "route web01-1 serves VM" in err
+        assert await hook(config, "web01-1", "release", "end", hostile) == (0, "")
+        assert proxy.routes.routes["web01-1"] == served
+        client = await link_client(
+            ("127.0.0.1", second.address[1] + offset), ChannelType.DISPLAY
+        )
+        await relays(client, await second.channel(ChannelType.DISPLAY), 1)
+        await client.close()
+    finally:
+        await bounded(proxy.stop(), "the proxy to stop")
+        await first.close()
+        await second.close()
+
+
+def _free_offset(*ports: int) -> int:
+    """A port offset that puts every one of ``ports`` on a free port."""
+    while True:
+        offset = free_port() - ports[0]
+        if all(_bindable(port + offset) for port in ports[1:]):
+            return offset
+
+
+def _bindable(port: int) -> bool:
+    if not 0 < port < 65536:
+        return False
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

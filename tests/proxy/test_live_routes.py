@@ -185,6 +185,7 @@ async def test_route_add_list_and_remove_with_draining(
     ("change", "message"),
     [
         ({"listen": "LISTEN_A"}, "already listens on"),
+        ({"upstream": "LISTEN_A"}, "would proxy to route a"),
         ({"upstream": "SELF"}, "listen and upstream are the same address"),
         ({"listen": "BUSY"}, "cannot listen on"),
         ({"vm_id": "not-a-uuid"}, "route: vm_id"),
@@ -221,6 +222,24 @@ async def test_route_add_refusals_change_nothing(
         assert [row["name"] for row in rows] == ["a"]
         client, server = await rig.link("a", "a")
         await relays(client, server, 3)
+
+
+async def test_a_route_cannot_listen_on_another_routes_upstream(
+    tmp_path: Path, keyring_path: Path, socket_dir: Path
+) -> None:
+    """While a VM's spice-server is down (QEMU not started yet), its loopback port is free: a
+    route listening there would take that VM's clients to another VM's spice-server."""
+    async with host(tmp_path, keyring_path, socket_dir) as rig:
+        await rig.server("a")
+        down = f"127.0.0.1:{free_port()}"
+        rig.write([rig.route("a", "a", upstream=down)])
+        proxy = await rig.start()
+        squatter = rig.route("b", "a", listen=down)
+        answer = await control(proxy, {"cmd": "route_add", "route": squatter})
+        assert answer["ok"] is False
+        assert "route a's upstream" in answer["error"]
+        rows = (await control(proxy, {"cmd": "route_list"}))["routes"]
+        assert [row["name"] for row in rows] == ["a"]
 
 
 async def test_reload_applies_the_difference(

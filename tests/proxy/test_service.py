@@ -5,6 +5,7 @@ and the ``control route`` commands, against a real ``proxy`` process or a real l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -18,7 +19,13 @@ import pytest
 from gateway.errors import GatewayError, ProtocolError, TooLarge
 from gateway.proxy.config import parse_config
 from gateway.proxy.server import ProxyServer
-from gateway.service.http import MAX_HEAD, PROMETHEUS_CONTENT_TYPE, parse_request_head
+from gateway.service import http as http_module
+from gateway.service.http import (
+    MAX_HEAD,
+    PROMETHEUS_CONTENT_TYPE,
+    MonitoringServer,
+    parse_request_head,
+)
 from gateway.service.metrics import FAMILIES
 from gateway.service.notify import Notifier
 
@@ -249,6 +256,66 @@ async def test_service_process_notifies_reloads_on_sighup_and_takes_control_rout
 
 
 REQUEST = b"GET /metrics?name[]=smg_sealed_total HTTP/1.1\r\nHost: 127.0.0.1:9864\r\n\r\n"
+
+
+async def test_idle_and_slow_http_clients_hold_nothing_for_long(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slowloris on the monitoring listener: with every slot held by idle or trickling
+    connections a scraper is still served (the oldest connection makes room), a client that
+    never reads a large answer is dropped at the deadline."""
+    big = "x" * (32 * 1024 * 1024)
+    monitoring = MonitoringServer(
+        "127.0.0.1", 0, lambda: big, lambda: {"status": "serving"}
+    )
+    await monitoring.start()
+    assert monitoring.address is not None
+    address = monitoring.address
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for index in range(http_module.MAX_CONNECTIONS):
+            reader, writer = await asyncio.open_connection(*address)
+            if index % 2:
+                writer.write(b"GET /hea")  # a trickle: part of a request line, no more
+            idle.append((reader, writer))
+
+        async def all_accepted() -> None:
+            while len(monitoring._open) < http_module.MAX_CONNECTIONS:
+                await asyncio.sleep(0.02)
+
+        await bounded(all_accepted(), "the listener to accept every idle connection")
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(get("/healthz"))
+        answer = await bounded(reader.read(), "the scraper's answer")
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 ")
+        oldest = idle[0][0]
+        with contextlib.suppress(ConnectionResetError):  # aborted: a reset is a close too
+            assert await bounded(oldest.read(), "the oldest connection to be closed") == b""
+        for _, other in idle:
+            other.close()
+        idle.clear()
+
+        # A scraper that asks for /metrics and never reads: dropped at the deadline.
+        monkeypatch.setattr(http_module, "HEAD_TIMEOUT", 0.2)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(address)
+        sock.sendall(get("/metrics"))
+
+
+        async def dropped() -> None:
+            while monitoring._open:
+                await asyncio.sleep(0.02)
+
+        try:
+            await bounded(dropped(), "the listener to drop a client that does not read")
+        finally:
+            sock.close()
+    finally:
+        for _, other in idle:
+            other.close()
+        await bounded(monitoring.close(), "the listener to close")
 
 
 def test_request_head_parses_the_request_line_only() -> None:
