@@ -28,6 +28,7 @@ from gateway.proxy.lifecycle import Lifecycle
 from gateway.proxy.peer import PeerLinkServer, make_announcer
 from gateway.proxy.routes import RouteTable, os_reason
 from gateway.proxy.sessions import SessionTable
+from gateway.proxy.warmup import warm_up
 from gateway.replay import ReplayGuard
 from gateway.service.logs import LOG, audit, log
 from gateway.service.metrics import Metrics
@@ -304,6 +305,8 @@ class ProxyServer:
         for route in self.config.routes:
             _client_tls(route)
             _upstream_tls(route)
+        # The first migration's critical path should not pay for lazy set-up.
+        await warm_up(self.replay_guard)
         changes = await self.routes.apply(self.config.routes, "config")
         for route in self.config.routes:
             self.metrics.route_added(route.name)
