@@ -108,13 +108,15 @@ class _Connection:
                 self._pump(self.server_reader, self.client_writer, Direction.SERVER_TO_CLIENT)
             ),
         ]
-        watchdog = asyncio.create_task(self._link_watchdog(limits.link_timeout))
+        # A timer handle, not a task: an idle session holds less.
+        watchdog = asyncio.get_running_loop().call_later(limits.link_timeout, self._link_timed_out)
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (*pumps, watchdog):
+            watchdog.cancel()
+            for task in pumps:
                 task.cancel()
-            await asyncio.gather(*pumps, watchdog, return_exceptions=True)
+            await asyncio.gather(*pumps, return_exceptions=True)
             self.handler.close()
             for writer in (self.client_writer, self.server_writer):
                 writer.close()
@@ -122,9 +124,8 @@ class _Connection:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), timeout=2)
 
-    async def _link_watchdog(self, timeout: float) -> None:
+    def _link_timed_out(self) -> None:
         """A peer that never finishes the link stage holds nothing for long."""
-        await asyncio.sleep(timeout)
         if self.spice.state is ConnectionState.LINKING:
             log(
                 logging.WARNING,
