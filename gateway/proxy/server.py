@@ -29,6 +29,7 @@ from gateway.proxy.lifecycle import Lifecycle
 from gateway.proxy.peer import PeerLinkServer, make_announcer
 from gateway.proxy.routes import RouteTable, os_reason
 from gateway.proxy.sessions import SessionTable
+from gateway.proxy.warmup import warm_up
 from gateway.replay import ReplayGuard
 from gateway.service.logs import LOG, audit, log
 from gateway.service.metrics import Metrics
@@ -111,13 +112,15 @@ class _Connection:
                 self._pump(self.server_reader, self.client_writer, Direction.SERVER_TO_CLIENT)
             ),
         ]
-        watchdog = asyncio.create_task(self._link_watchdog(limits.link_timeout))
+        # A timer handle, not a task: an idle session holds less.
+        watchdog = asyncio.get_running_loop().call_later(limits.link_timeout, self._link_timed_out)
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (*pumps, watchdog):
+            watchdog.cancel()
+            for task in pumps:
                 task.cancel()
-            await asyncio.gather(*pumps, watchdog, return_exceptions=True)
+            await asyncio.gather(*pumps, return_exceptions=True)
             self.proxy.buffered_total -= sum(self.held.values())
             self.held = dict.fromkeys(self.held, 0)
             self.handler.close()
@@ -127,9 +130,8 @@ class _Connection:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(writer.wait_closed(), timeout=2)
 
-    async def _link_watchdog(self, timeout: float) -> None:
+    def _link_timed_out(self) -> None:
         """A peer that never finishes the link stage holds nothing for long."""
-        await asyncio.sleep(timeout)
         if self.spice.state is ConnectionState.LINKING:
             self.proxy.metrics.inc(
                 "smg_connection_limits_total", route=self.route.name, limit="link_timeout"
@@ -354,6 +356,8 @@ class ProxyServer:
         # The control socket before any port opens: a second proxy on this control socket
         # stops here, not after it took clients.
         await self.lifecycle.start()
+        # The first migration's critical path should not pay for lazy set-up.
+        await warm_up(self.replay_guard)
         changes = await self.routes.apply(self.config.routes, "config")
         for route in self.config.routes:
             self.metrics.route_added(route.name)
