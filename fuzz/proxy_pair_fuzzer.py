@@ -18,7 +18,13 @@ The script (the input) is a list of steps, each an opcode byte and its argument 
   MIGRATE_CONNECTED_SEAMLESS, an ordinary message, or MIGRATE_DATA carrying a blob a proxy
   sealed, a native state (never sealed), a sealed blob with one byte flipped, or one truncated;
 - RAW (1 + n bytes): n raw bytes from the client or the server (bit 6 of the op);
-- CLOCK (1 byte): both hosts' clock moves on by 3 s per unit (blob lifetime 300 s);
+- CLOCK (1 byte), proxy bit 0: both hosts' clock moves on by 3 s per unit (blob lifetime
+  10 s, clock skew 30 s);
+- CLOCK (1 byte), proxy bit 1, SET: the pair's surroundings from now on (a reload of both
+  hosts): bit 0 the peer link is down (the next announcements are lost), bit 1 the target runs
+  ``peer_link_down = "first-blob"`` (else "refuse"), bit 2 both hosts use the identity suite,
+  bits 3-4 the replay guards' next operation fails (``_proxy_pair.FAULTS``), bit 5 a newer
+  attempt is announced while the next blob is being recorded;
 - SPLIT (2 bytes): a sealed blob sent as MIGRATE_DATA in two reads, cut where the fuzzer says;
 - RELAY (1 byte): a sealed blob delivered the way a real client does, on the first slot of the
   other proxy linked on the blob's channel.
@@ -30,6 +36,8 @@ Oracles, after every step (spice-server is the upstream of each slot):
   the pair for this host and for this channel, and its body is the native state that was
   sealed; so no client MIGRATE_DATA body is ever forwarded unopened;
 - each blob is accepted at most once, by either host;
+- an authentic blob refused is recorded as used (unless the replay guard failed meanwhile);
+- the target runs at most one attempt of the VM, the newest announced;
 - what a proxy sends the client as MIGRATE_DATA is a blob that opens to exactly the native
   state spice-server sent (sealed for the peer the client was sent to, for this channel);
 - every other event is forwarded as the exact bytes received;
@@ -38,16 +46,18 @@ Oracles, after every step (spice-server is the upstream of each slot):
 
 import asyncio
 import struct
+import uuid
 
 import _harness
 
 with _harness.instrumented("gateway.proxy.channel", "gateway.proxy.sessions", "gateway.spice"):
     import _proxy_pair
-    from _proxy_pair import SAMPLES, Clock, Proxy, Slot, make_pair
+    from _proxy_pair import FAULTS, SAMPLES, Clock, Proxy, Slot, Surroundings, make_pair
 
     from gateway import native
     from gateway.envelope import ANY_MIGRATION, ExpectedContext, verify
     from gateway.errors import GatewayError
+    from gateway.proxy.sessions import Attempt
     from gateway.spice import (
         ChannelType,
         ConnectionState,
@@ -111,7 +121,8 @@ class Run:
 
     def __init__(self) -> None:
         self.clock = Clock()
-        self.source, self.target = make_pair(self.clock, LOOP)
+        self.world = Surroundings()
+        self.source, self.target = make_pair(self.clock, LOOP, self.world)
         self.blobs: dict[bytes, Blob] = {}
         self.pool: list[bytes] = []
         self.accepted: set[bytes] = set()
@@ -175,7 +186,8 @@ class Run:
             schema_version=1,
         )
         try:
-            verified = verify(blob, expected, _proxy_pair.KEYRING, now=self.clock())
+            keyring = self.world.keyring_for(blob)
+            verified = verify(blob, expected, keyring, now=self.clock())
             opened = verified.consume(_proxy_pair.MemoryReplayGuard())
         except GatewayError as error:
             raise _harness.OracleFailure(f"a sealed blob does not open: {error!r}") from None
@@ -187,13 +199,21 @@ class Run:
 
     # --- the steps ----------------------------------------------------------------------------
 
+    def _check_spent(self, proxy: Proxy, error: GatewayError, failures: int) -> None:
+        """An authentic blob refused is used all the same: the guard holds it now."""
+        spent = error.authentic_blob
+        if spent is not None and proxy.guard.failures == failures and spent[0] not in proxy.guard:
+            raise _harness.OracleFailure(f"an authentic blob refused ({error!r}) was not recorded")
+
     def send(self, slot: Slot, direction: Direction, *chunks: bytes) -> None:
         proxy = slot.proxy
+        failures = proxy.guard.failures
         try:
             for chunk in chunks:
                 slot.feed(direction, chunk, self.check)
         except GatewayError as error:
             _harness.check_refusal(error, sum(map(len, chunks)))
+            self._check_spent(proxy, error, failures)
             for index, held in list(proxy.slots.items()):
                 if held is slot:
                     proxy.disconnect(index)
@@ -324,6 +344,7 @@ class Run:
                     self.send(slot, C2S, data)
             return
         events = []
+        failures = [slot.proxy.guard.failures for slot, _ in sends]
         for slot, data in sends:
             (event,) = slot.conn.receive_from_client(data)  # ready: one whole message
             events.append((slot, event))
@@ -333,14 +354,42 @@ class Run:
                 *(slot.handler.rewrite(event) for slot, event in events), return_exceptions=True
             )
 
-        for (slot, event), out in zip(events, LOOP.run_until_complete(both()), strict=True):
+        outs = LOOP.run_until_complete(both())
+        for (slot, event), out, failed in zip(events, outs, failures, strict=True):
             if isinstance(out, GatewayError):
                 _harness.check_refusal(out, len(event.raw))
+                self._check_spent(slot.proxy, out, failed)
                 slot.proxy.disconnect(_index(slot))
             elif isinstance(out, BaseException):
                 raise out
             else:
                 self.check(slot, event, out)
+
+    def settle(self, arg: int) -> None:
+        """A SET step: the surroundings ``arg`` chooses (see the module's docstring)."""
+        world = self.world
+        world.delivers = not arg & 1
+        world.peer_link_down = "first-blob" if arg & 2 else "refuse"
+        world.identity = bool(arg & 4)
+        for proxy in (self.source, self.target):
+            proxy.configure(world)
+            proxy.guard.fault = FAULTS[arg >> 3 & 3]
+            proxy.guard.before_claim = self.supersede if arg & 32 else None
+
+    def supersede(self) -> None:
+        """The source announces a newer attempt of the VM (a peer-link connection of its own,
+        landing while the target records a blob)."""
+        attempts = self.target.state.attempts
+        current = attempts.current(_proxy_pair.VM)
+        attempts.announce(
+            Attempt(
+                vm_id=_proxy_pair.VM,
+                migration_id=uuid.uuid4(),
+                source_host=self.source.host_id,
+                channels=current.channels if current is not None else frozenset(),
+                issued_at=int(self.clock()),
+            )
+        )
 
     def step(self, code: int, args: bytes) -> int:
         """Run one step; returns how many argument bytes it used."""
@@ -350,7 +399,10 @@ class Run:
             self.link(proxy, index, arg)
             return 1
         if kind == CLOCK:
-            self.clock.now += 3 * arg
+            if code & 8:
+                self.settle(arg)
+            else:
+                self.clock.now += 3 * arg
             return 1
         if kind == RELAY:
             self.relay(proxy, arg, bool(code & 0x80))
@@ -446,6 +498,8 @@ def run_script(data: bytes) -> Run:
         steps += 1
         check_sessions(run.source)
         check_sessions(run.target)
+        if len(run.source.state.attempts) or len(run.target.state.attempts) > 1:
+            raise _harness.OracleFailure("an attempt table holds more than the newest attempt")
     run.close()
     return run
 

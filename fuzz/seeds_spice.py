@@ -265,6 +265,11 @@ def proxy_pair_seeds() -> dict[str, bytes]:
             + step(pp.LINK, proxy, 2, inputs | session | framing)
         )
 
+    def setting(arg: int) -> bytes:
+        """A SET step: the pair's surroundings from here on."""
+        return step(pp.CLOCK, dst, 0, arg)
+
+    LINK_DOWN, FIRST_BLOB, IDENTITY, SUPERSEDE = 1, 2, 4, 32
     both = linked(src) + linked(dst)
     begin = step(pp.SERVER, src, 0, 1)  # MIGRATE_BEGIN_SEAMLESS to the peer
     migrate = b"".join(step(pp.SERVER, src, s, 2 | 3 << 3) for s in (0, 1, 2))
@@ -352,6 +357,36 @@ def proxy_pair_seeds() -> dict[str, bytes]:
         + step(pp.CLIENT, src, 0, 3, 0)
         + step(pp.RAW, dst, 1, 6, 5, 0, 2, 0, 0, 0)
         + step(pp.SERVER, dst, 0, 7),
+        # The surroundings (a SET step): the peer link, the target's mode without it, the
+        # identity suite, a failing replay guard, an attempt superseded while recording.
+        "peer-link-down-refused": setting(LINK_DOWN) + sealed + relay,
+        "peer-link-down-first-blob": setting(LINK_DOWN | FIRST_BLOB) + sealed + relay,
+        "first-blob-pin-mismatch": setting(LINK_DOWN | FIRST_BLOB)
+        + sealed
+        + begin
+        + data
+        + bytes([pp.RELAY | dst << 3 | 0x80, 2]),
+        "issued-before-the-target-session": linked(src)
+        + begin
+        + migrate
+        + flush
+        + data
+        + step(pp.CLOCK, src, 0, 11)  # 33 s: past the 30 s skew, within the blob's life
+        + linked(dst)
+        + relay,
+        "replay-store-fails": sealed + setting(1 << 3) + relay,
+        "replay-database-fails": sealed
+        + setting(2 << 3)
+        + step(pp.RELAY, dst, 0, 0)
+        + setting(3 << 3)
+        + step(pp.RELAY, dst, 0, 1),
+        "replay-store-fails-on-refusal": sealed
+        + setting(1 << 3)
+        + step(pp.CLIENT, dst, 2, 4 | 1 << 3, 0),
+        "superseded-while-recording": sealed + setting(SUPERSEDE) + relay,
+        "identity-migration": setting(IDENTITY) + sealed + do_seamless + relay,
+        "identity-link-down": setting(IDENTITY | LINK_DOWN) + both + begin + data,
+        "identity-then-shared-key": setting(IDENTITY) + sealed + setting(0) + relay,
     }
 
 

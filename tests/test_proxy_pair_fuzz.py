@@ -64,6 +64,29 @@ def _seeds(fuzz: dict[str, ModuleType]) -> dict[str, bytes]:
         ("two-migrations", 6, 1, 3),
         ("two-migrations-verified-together", 6, 1, 2),
         ("a-migration-verified-together", 3, 3, 3),
+        # No announcement reached the target, which refuses: every blob is refused (and
+        # recorded, being authentic).
+        ("peer-link-down-refused", 3, 0, 3),
+        # The same in first-blob mode: the first blob pins the migration, all are accepted.
+        ("peer-link-down-first-blob", 3, 3, 3),
+        # First-blob mode, two first blobs of two attempts verified together: the one
+        # recorded first pins its migration, the other is refused by the pin (recorded).
+        ("first-blob-pin-mismatch", 6, 1, 2),
+        # Sealed 33 s before the target session began (skew 30 s): all refused, recorded.
+        ("issued-before-the-target-session", 3, 0, 3),
+        # The guard fails once: that blob is refused, not recorded; the others pass.
+        ("replay-store-fails", 3, 2, 2),
+        ("replay-database-fails", 3, 0, 0),
+        # The refusal's record fails: nothing recorded, the refusal stands.
+        ("replay-store-fails-on-refusal", 3, 0, 0),
+        # A newer attempt lands while the first blob is recorded: it is refused (recorded),
+        # and so are the others, of the superseded attempt.
+        ("superseded-while-recording", 3, 0, 3),
+        ("identity-migration", 3, 3, 3),
+        # The identity suite without an agreed key: nothing is sealed.
+        ("identity-link-down", 0, 0, 0),
+        # A reload back to the shared key: the announced attempt's key still opens its blobs.
+        ("identity-then-shared-key", 3, 3, 3),
     ],
 )
 def test_scripts_migrate_what_they_say(
@@ -137,3 +160,69 @@ def test_planted_logic_bug_is_caught_by_a_seed(fuzz: dict[str, ModuleType]) -> N
     finally:
         undo()
     fuzz["proxy_pair_fuzzer"].TestOneInput(script)
+
+
+def _refused(run: Any, reason: str) -> int:
+    metrics = run.target.state.metrics
+    return sum(
+        metrics.get("smg_refused_total", reason=reason, channel=name)
+        for name in ("main", "display", "inputs")
+    )
+
+
+def test_unannounced_blobs_are_refused_as_peer_link_down(fuzz: dict[str, ModuleType]) -> None:
+    seeds = _seeds(fuzz)
+    run = fuzz["proxy_pair_fuzzer"].run_script(seeds["peer-link-down-refused"])
+    assert _refused(run, "peer_link_down") == 3
+    assert run.target.state.attempts.current(run.target.route.vm_id) is None
+    run = fuzz["proxy_pair_fuzzer"].run_script(seeds["peer-link-down-first-blob"])
+    assert _refused(run, "peer_link_down") == 0
+    assert run.target.state.config.peer_link_down == "first-blob"
+
+
+def test_replay_store_failures_are_refused_and_counted(fuzz: dict[str, ModuleType]) -> None:
+    seeds = _seeds(fuzz)
+    for seed, failed in (("replay-store-fails", 1), ("replay-database-fails", 2)):
+        run = fuzz["proxy_pair_fuzzer"].run_script(seeds[seed])
+        assert _refused(run, "replay_store") == failed
+        assert run.target.state.metrics.get("smg_replay_store_errors_total") == failed
+    # A failure to record a refusal is logged beside it; the refusal is the open one.
+    run = fuzz["proxy_pair_fuzzer"].run_script(seeds["replay-store-fails-on-refusal"])
+    assert (_refused(run, "open"), _refused(run, "replay_store")) == (1, 0)
+    assert run.target.guard.failures == 1
+
+
+def test_identity_blobs_are_sealed_with_the_attempt_key(fuzz: dict[str, ModuleType]) -> None:
+    pp = fuzz["proxy_pair_fuzzer"]
+    run = pp.run_script(_seeds(fuzz)["identity-migration"])
+    shared = pp._proxy_pair.KEYRING.active.key_id
+    current = run.target.state.attempts.current(run.target.route.vm_id)
+    assert current is not None
+    assert current.key is not None
+    for blob in run.accepted:
+        key_id = read_unauthenticated(blob)[0].key_id
+        assert key_id != shared
+        assert key_id == current.key.key_id
+    assert len(run.accepted) == 3
+
+
+def test_the_oracle_catches_a_refused_authentic_blob_not_recorded(
+    fuzz: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pp = fuzz["proxy_pair_fuzzer"]
+    from gateway.proxy.channel import ChannelHandler
+
+    monkeypatch.setattr(ChannelHandler, "_spend", lambda self, error: None)
+    with pytest.raises(fuzz["_harness"].OracleFailure, match="was not recorded"):
+        pp.TestOneInput(_seeds(fuzz)["peer-link-down-refused"])
+
+
+def test_the_oracle_catches_a_second_attempt_kept(
+    fuzz: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pp = fuzz["proxy_pair_fuzzer"]
+    from gateway.proxy.sessions import AttemptTable
+
+    monkeypatch.setattr(AttemptTable, "__len__", lambda self: 2)
+    with pytest.raises(fuzz["_harness"].OracleFailure, match="more than the newest"):
+        pp.TestOneInput(_seeds(fuzz)["migration"])
