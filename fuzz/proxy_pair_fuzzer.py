@@ -12,7 +12,9 @@ The script (the input) is a list of steps, each an opcode byte and its argument 
 - CLOSE: the slot's connection closes (both its sides, as the server does);
 - SERVER (1 byte): spice-server sends one message on the slot: MAIN_INIT, MIGRATE_BEGIN_SEAMLESS
   (to the peer, to an unknown host, to the peer by its TLS port only, back to itself),
-  MIGRATE with flags, MIGRATE_DATA (a real native state of some channel), MIGRATE_CANCEL,
+  MIGRATE with flags, MIGRATE_DATA (a real native state of some channel; a large one: on a
+  port or webdav channel its state with over 64 KiB of pending writes, sealed and opened in a
+  worker thread, elsewhere a state with trailing bytes), MIGRATE_CANCEL,
   SWITCH_HOST, an ordinary message, DST_SEAMLESS_ACK;
 - CLIENT (1 byte): the client sends one message: FLUSH_MARK, MIGRATE_DST_DO_SEAMLESS,
   MIGRATE_CONNECTED_SEAMLESS, an ordinary message, or MIGRATE_DATA carrying a blob a proxy
@@ -100,6 +102,22 @@ SAMPLE_CHANNELS = tuple(SAMPLES)
 C2S, S2C = Direction.CLIENT_TO_SERVER, Direction.SERVER_TO_CLIENT
 HEADERS = {HeaderKind.MINI: struct.Struct("<HI"), HeaderKind.FULL: struct.Struct("<8xHI4x")}
 LOOP = asyncio.new_event_loop()
+
+
+def _large_state(channel: ChannelType) -> bytes:
+    """``channel``'s sample state with pending writes past :data:`LARGE` (a real shape:
+    a guest port that stopped reading)."""
+    state = native.decode(channel, SAMPLES[channel])
+    device = state.device  # type: ignore[attr-defined]
+    data = device.write_data * (LARGE // len(device.write_data) + 1)
+    device = device.model_copy(update={"write_data": data, "write_size": len(data)})
+    return native.encode(state.model_copy(update={"device": device}), channel)
+
+
+#: Large valid states, for the channels whose pending writes are free-form bytes.
+LARGE_STATES = {
+    channel: _large_state(channel) for channel in (ChannelType.PORT, ChannelType.WEBDAV)
+}
 
 
 def op(kind: int, proxy: int, slot: int, *args: int) -> bytes:
@@ -268,7 +286,9 @@ class Run:
             channel = slot.handler.channel_type
             if more % 8 or channel not in SAMPLES:
                 channel = SAMPLE_CHANNELS[more % len(SAMPLE_CHANNELS)]
-            body = SAMPLES[channel] + (bytes(LARGE) if more & 16 else b"")
+            body = SAMPLES[channel]
+            if more & 16:
+                body = LARGE_STATES.get(channel) or body + bytes(LARGE)
             self.send(slot, S2C, self.message(slot, S2C, Msg.MIGRATE_DATA, body))
             return
         elif which == 4:

@@ -249,9 +249,15 @@ def proxy_pair_seeds() -> dict[str, bytes]:
         return pp.op(kind, proxy, slot, *args)
 
     src, dst = 0, 1
-    main, display, inputs, cursor = (
+    main, display, inputs, cursor, port = (
         pp.CHANNELS.index(c)
-        for c in (ChannelType.MAIN, ChannelType.DISPLAY, ChannelType.INPUTS, ChannelType.CURSOR)
+        for c in (
+            ChannelType.MAIN,
+            ChannelType.DISPLAY,
+            ChannelType.INPUTS,
+            ChannelType.CURSOR,
+            ChannelType.PORT,
+        )
     )
     session = 1 << 4  # SESSIONS[1], the id MAIN_INIT hands out with argument 0
 
@@ -387,6 +393,21 @@ def proxy_pair_seeds() -> dict[str, bytes]:
         "identity-migration": setting(IDENTITY) + sealed + do_seamless + relay,
         "identity-link-down": setting(IDENTITY | LINK_DOWN) + both + begin + data,
         "identity-then-shared-key": setting(IDENTITY) + sealed + setting(0) + relay,
+        # A port channel whose guest stopped reading: a state past 64 KiB, sealed and opened
+        # in a worker thread; then the same with the guard failing at its first read.
+        "large-port-state": both
+        + step(pp.LINK, src, 3, port | session)
+        + step(pp.LINK, dst, 3, port | session)
+        + begin
+        + step(pp.SERVER, src, 3, 3 | 16 << 3)
+        + step(pp.RELAY, dst, 0, 0),
+        "large-port-state-store-fails": both
+        + step(pp.LINK, src, 3, port | session)
+        + step(pp.LINK, dst, 3, port | session)
+        + begin
+        + step(pp.SERVER, src, 3, 3 | 16 << 3)
+        + setting(1 << 3)
+        + step(pp.RELAY, dst, 0, 0),
     }
 
 

@@ -87,6 +87,10 @@ def _seeds(fuzz: dict[str, ModuleType]) -> dict[str, bytes]:
         ("identity-link-down", 0, 0, 0),
         # A reload back to the shared key: the announced attempt's key still opens its blobs.
         ("identity-then-shared-key", 3, 3, 3),
+        # A port state past 64 KiB, sealed and opened in a worker thread.
+        ("large-port-state", 1, 1, 1),
+        # The guard fails at its first read of it (already used?): refused, not recorded.
+        ("large-port-state-store-fails", 1, 0, 0),
     ],
 )
 def test_scripts_migrate_what_they_say(
@@ -166,7 +170,7 @@ def _refused(run: Any, reason: str) -> int:
     metrics = run.target.state.metrics
     return sum(
         metrics.get("smg_refused_total", reason=reason, channel=name)
-        for name in ("main", "display", "inputs")
+        for name in ("main", "display", "inputs", "port")
     )
 
 
@@ -182,7 +186,11 @@ def test_unannounced_blobs_are_refused_as_peer_link_down(fuzz: dict[str, ModuleT
 
 def test_replay_store_failures_are_refused_and_counted(fuzz: dict[str, ModuleType]) -> None:
     seeds = _seeds(fuzz)
-    for seed, failed in (("replay-store-fails", 1), ("replay-database-fails", 2)):
+    for seed, failed in (
+        ("replay-store-fails", 1),
+        ("replay-database-fails", 2),
+        ("large-port-state-store-fails", 1),
+    ):
         run = fuzz["proxy_pair_fuzzer"].run_script(seeds[seed])
         assert _refused(run, "replay_store") == failed
         assert run.target.state.metrics.get("smg_replay_store_errors_total") == failed
