@@ -89,8 +89,9 @@ _LOG.propagate = False
 _LOG.addHandler(logging.NullHandler())
 
 
-#: What a failing replay guard raises: its own error (any operation), or what a database can
-#: raise past a guard (only where a blob is accepted, which turns it into ReplayStoreError).
+#: What a failing replay guard raises: its own error (any operation), or what a database or a
+#: closed guard can raise past it (where a blob is recorded: accepted, which turns it into
+#: ReplayStoreError, or spent after a refusal, which leaves the refusal standing).
 FAULTS: tuple[type[Exception] | None, ...] = (
     None,
     ReplayStoreError,
@@ -105,7 +106,7 @@ class MemoryReplayGuard(ReplayGuard):
     database, nothing on disk.
 
     ``fault``: the next operation fails with it instead, recording nothing (one shot; a
-    database error other than the guard's own only where a claim is made). ``before_claim``:
+    database error other than the guard's own only where a blob is recorded). ``before_claim``:
     called once before the next claim, as a peer-link announcement can land while the guard
     commits.
     """
@@ -117,9 +118,9 @@ class MemoryReplayGuard(ReplayGuard):
         #: How many operations failed on purpose.
         self.failures = 0
 
-    def _fail(self, accepting: bool) -> None:
+    def _fail(self, recording: bool) -> None:
         fault = self.fault
-        if fault is None or (fault is not ReplayStoreError and not accepting):
+        if fault is None or (fault is not ReplayStoreError and not recording):
             return
         self.fault = None
         self.failures += 1
@@ -133,7 +134,7 @@ class MemoryReplayGuard(ReplayGuard):
         now: int,
         claim: Callable[[], None] | None = None,
     ) -> None:
-        self._fail(claim is not None)
+        self._fail(True)
         self.consumed = {k: until for k, until in self.consumed.items() if until >= now}
         if blob_id in self.consumed:
             raise Replayed(f"blob {blob_id[:8].hex()}… was already opened")

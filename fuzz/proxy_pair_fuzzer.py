@@ -25,7 +25,8 @@ The script (the input) is a list of steps, each an opcode byte and its argument 
 - CLOCK (1 byte), proxy bit 1, SET: the pair's surroundings from now on (a reload of both
   hosts): bit 0 the peer link is down (the next announcements are lost), bit 1 the target runs
   ``peer_link_down = "first-blob"`` (else "refuse"), bit 2 both hosts use the identity suite,
-  bits 3-4 the replay guards' next operation fails (``_proxy_pair.FAULTS``), bit 5 a newer
+  bits 3-4 the replay guards' next operation fails (``_proxy_pair.FAULTS``: a database error
+  or a closed guard only where a blob is recorded, accepted or spent), bit 5 a newer
   attempt is announced while the next blob is being recorded;
 - SPLIT (2 bytes): a sealed blob sent as MIGRATE_DATA in two reads, cut where the fuzzer says;
 - RELAY (1 byte): a sealed blob delivered the way a real client does, on the first slot of the
@@ -38,7 +39,9 @@ Oracles, after every step (spice-server is the upstream of each slot):
   the pair for this host and for this channel, and its body is the native state that was
   sealed; so no client MIGRATE_DATA body is ever forwarded unopened;
 - each blob is accepted at most once, by either host;
-- an authentic blob refused is recorded as used (unless the replay guard failed meanwhile);
+- an authentic blob refused is recorded as used (unless the replay guard failed meanwhile, or
+  the blob's time is over: the guard forgets, at its next write, a blob that could no longer
+  pass the expiry check);
 - the target runs at most one attempt of the VM, the newest announced;
 - what a proxy sends the client as MIGRATE_DATA is a blob that opens to exactly the native
   state spice-server sent (sealed for the peer the client was sent to, for this channel);
@@ -218,9 +221,13 @@ class Run:
     # --- the steps ----------------------------------------------------------------------------
 
     def _check_spent(self, proxy: Proxy, error: GatewayError, failures: int) -> None:
-        """An authentic blob refused is used all the same: the guard holds it now."""
+        """An authentic blob refused is used all the same: the guard holds it now (unless it
+        failed meanwhile, or the blob's keep-until time has passed, so the guard may forget it:
+        such a blob is refused as expired anyway)."""
         spent = error.authentic_blob
-        if spent is not None and proxy.guard.failures == failures and spent[0] not in proxy.guard:
+        if spent is None or proxy.guard.failures != failures or spent[1] < self.clock():
+            return
+        if spent[0] not in proxy.guard:
             raise _harness.OracleFailure(f"an authentic blob refused ({error!r}) was not recorded")
 
     def send(self, slot: Slot, direction: Direction, *chunks: bytes) -> None:

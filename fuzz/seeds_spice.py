@@ -389,6 +389,20 @@ def proxy_pair_seeds() -> dict[str, bytes]:
         "replay-store-fails-on-refusal": sealed
         + setting(1 << 3)
         + step(pp.CLIENT, dst, 2, 4 | 1 << 3, 0),
+        # The refusal's record fails with a database error or a closed guard (what a real
+        # guard can raise past itself): logged, the refusal stands.
+        "replay-database-fails-on-refusal": sealed
+        + setting(2 << 3)
+        + step(pp.CLIENT, dst, 2, 4 | 1 << 3, 0),
+        "replay-closed-on-refusal": sealed
+        + setting(3 << 3)
+        + step(pp.CLIENT, dst, 2, 4 | 1 << 3, 0),
+        # Accepted blobs relayed again past their keep-until time (330 s), two verified
+        # together: both refused as expired; the guard may forget them at once.
+        "expired-verified-together": sealed
+        + relay
+        + step(pp.CLOCK, src, 0, 110)
+        + bytes([pp.RELAY | dst << 3 | 0x80, 0]),
         "superseded-while-recording": sealed + setting(SUPERSEDE) + relay,
         "identity-migration": setting(IDENTITY) + sealed + do_seamless + relay,
         "identity-link-down": setting(IDENTITY | LINK_DOWN) + both + begin + data,

@@ -4,7 +4,9 @@ is caught by a committed seed."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +81,11 @@ def _seeds(fuzz: dict[str, ModuleType]) -> dict[str, bytes]:
         ("replay-database-fails", 3, 0, 0),
         # The refusal's record fails: nothing recorded, the refusal stands.
         ("replay-store-fails-on-refusal", 3, 0, 0),
+        ("replay-database-fails-on-refusal", 3, 0, 0),
+        ("replay-closed-on-refusal", 3, 0, 0),
+        # Relayed again past their keep-until time, two together: both refused as expired,
+        # each record pruning what came before (the second is what the guard still holds).
+        ("expired-verified-together", 3, 3, 1),
         # A newer attempt lands while the first blob is recorded: it is refused (recorded),
         # and so are the others, of the superseded attempt.
         ("superseded-while-recording", 3, 0, 3),
@@ -195,9 +202,36 @@ def test_replay_store_failures_are_refused_and_counted(fuzz: dict[str, ModuleTyp
         assert _refused(run, "replay_store") == failed
         assert run.target.state.metrics.get("smg_replay_store_errors_total") == failed
     # A failure to record a refusal is logged beside it; the refusal is the open one.
-    run = fuzz["proxy_pair_fuzzer"].run_script(seeds["replay-store-fails-on-refusal"])
-    assert (_refused(run, "open"), _refused(run, "replay_store")) == (1, 0)
-    assert run.target.guard.failures == 1
+    for seed in (
+        "replay-store-fails-on-refusal",
+        "replay-database-fails-on-refusal",
+        "replay-closed-on-refusal",
+    ):
+        run = fuzz["proxy_pair_fuzzer"].run_script(seeds[seed])
+        assert (_refused(run, "open"), _refused(run, "replay_store")) == (1, 0)
+        assert run.target.guard.failures == 1
+
+
+def test_the_harness_catches_a_guard_failure_escaping_a_refusal(
+    fuzz: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler that lets what a database or a closed guard raises escape while it records a
+    refused blob (catching only GatewayError there) fails: only GatewayError may escape."""
+    pp = fuzz["proxy_pair_fuzzer"]
+    from gateway.envelope import spend
+    from gateway.errors import GatewayError
+    from gateway.proxy.channel import ChannelHandler
+
+    def gateway_errors_only(self: Any, error: GatewayError) -> None:
+        with contextlib.suppress(GatewayError):
+            spend(error, self.state.replay_guard)
+
+    monkeypatch.setattr(ChannelHandler, "_spend", gateway_errors_only)
+    seeds = _seeds(fuzz)
+    with pytest.raises(RuntimeError, match="injected"):
+        pp.TestOneInput(seeds["replay-closed-on-refusal"])
+    with pytest.raises(sqlite3.OperationalError, match="injected"):
+        pp.TestOneInput(seeds["replay-database-fails-on-refusal"])
 
 
 def test_identity_blobs_are_sealed_with_the_attempt_key(fuzz: dict[str, ModuleType]) -> None:

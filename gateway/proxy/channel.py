@@ -453,11 +453,12 @@ class ChannelHandler:
     def _spend(self, error: GatewayError) -> None:
         """Record the authentic blob ``error`` refused (waits for the disk): each is used once.
 
-        The refusal was audited already; a failure to record is logged beside it.
+        The refusal was audited already; a failure to record is logged beside it, whatever
+        the guard raised (a database error or a closed guard too, as in :meth:`_accept`).
         """
         try:
             spend(error, self.state.replay_guard)
-        except GatewayError as store:
+        except (GatewayError, sqlite3.Error, RuntimeError) as store:
             log(
                 logging.ERROR,
                 "a refused authentic blob could not be recorded as used",

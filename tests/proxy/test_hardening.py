@@ -205,6 +205,31 @@ async def test_read_only_replay_database_is_an_audited_counted_refusal(
         assert metrics.get("smg_refused_total", reason="replay_store", channel="display") == 1
 
 
+async def test_a_refused_blob_the_replay_store_cannot_record_is_still_a_clean_refusal(
+    proxies: Proxies, keyring_path: Path, logs: LogRecords
+) -> None:
+    async with proxies.pair() as rig:
+        session = rig.session(0x9A02, channels=[MAIN, DISPLAY])
+        await prepare(session)
+        genuine = await session.receive_blob(DISPLAY, rig.payloads[ChannelType.DISPLAY])
+        # Authentic (the key holder sealed it) but no display state: refused after
+        # authentication, so the target records it as used, which the closed store cannot.
+        rig.target_proxy.replay_guard.close()
+        await session.relay(DISPLAY, hostile_twin(keyring_path, genuine, b"\x80"))
+        legs = session.leg(DISPLAY)
+        assert legs.server_target is not None
+        assert await legs.server_target.frames_until_closed() == []
+        (event,) = logs.audit("channel_refused", route="vm")
+        assert event["reason"] == "open"
+        # The refusal stands and closes the channel as any refusal does; that the blob could
+        # not be recorded is logged beside it, not turned into an internal error.
+        assert not logs.messages("internal error; closing channel")
+        (unrecorded,) = logs.messages("a refused authentic blob could not be recorded as used")
+        assert unrecorded["error"] == "RuntimeError"
+        (closing,) = logs.messages("closing channel")
+        assert closing["error"] == event["error"]
+
+
 # --- finding 6: connection limits per route and per client, one memory budget -------------------
 
 
