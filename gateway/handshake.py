@@ -47,7 +47,6 @@ from gateway.errors import (
     BadMagic,
     ConfigError,
     ContextMismatch,
-    CountOutOfRange,
     DowngradeRefused,
     Expired,
     IdentityError,
@@ -55,11 +54,10 @@ from gateway.errors import (
     NotYetValid,
     Replayed,
     TooLarge,
-    Truncated,
-    UnaccountedBytes,
     UnknownKey,
     UnsupportedVersion,
 )
+from gateway.fields import FieldReader
 from gateway.identity import (
     KEM_PUBLIC_SIZE,
     KEY_ID_SIZE,
@@ -158,48 +156,10 @@ RandomBytes = Callable[[int], bytes]
 # --- decoding ------------------------------------------------------------------------------
 
 
-class _Reader:
-    """Bounds-checked reads over a message; every error names the message and the offset."""
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data = data
-        self.offset = 0
-        self.what = what
-
-    def take(self, size: int, name: str) -> bytes:
-        end = self.offset + size
-        if end > len(self.data):
-            raise Truncated(f"{self.what}: {name} runs past the end at offset {self.offset}")
-        out = self.data[self.offset : end]
-        self.offset = end
-        return out
-
-    def host(self, name: str) -> str:
-        size = self.take(1, f"{name} length")[0]
-        if not 1 <= size <= MAX_HOST_ID:
-            raise CountOutOfRange(
-                f"{self.what}: {name} length {size} at offset {self.offset - 1} is outside "
-                f"1..{MAX_HOST_ID}"
-            )
-        raw = self.take(size, name)
-        try:
-            return check_host_id(raw.decode("ascii"))
-        except (UnicodeDecodeError, IdentityError):
-            raise MalformedInput(
-                f"{self.what}: {name} is not a host id (A-Z a-z 0-9 . _ : -)"
-            ) from None
-
-    def end(self) -> None:
-        if self.offset != len(self.data):
-            raise UnaccountedBytes(
-                f"{self.what}: {len(self.data) - self.offset} bytes after offset {self.offset}"
-            )
-
-
-def _start(data: bytes, kind: int, limit: int, what: str) -> _Reader:
+def _start(data: bytes, kind: int, limit: int, what: str) -> FieldReader:
     if len(data) > limit:
         raise TooLarge(f"{what}: {len(data)} bytes, over the {limit}-byte limit")
-    reader = _Reader(bytes(data), what)
+    reader = FieldReader(bytes(data), what)
     magic, version, message_type = _PREFIX.unpack(reader.take(_PREFIX.size, "header"))
     if magic != MAGIC:
         raise BadMagic(f"{what}: bad magic at offset 0")
@@ -208,6 +168,43 @@ def _start(data: bytes, kind: int, limit: int, what: str) -> _Reader:
     if message_type != kind:
         raise MalformedInput(f"{what}: message type {message_type} at offset 5")
     return reader
+
+
+def _host(reader: FieldReader, name: str) -> str:
+    """A host id after its one-byte length (1 to :data:`MAX_HOST_ID`), in the identity's
+    alphabet."""
+    raw = reader.sized(name, width=1, low=1, high=MAX_HOST_ID)
+    try:
+        return check_host_id(raw.decode("ascii"))
+    except (UnicodeDecodeError, IdentityError):
+        raise MalformedInput(
+            f"{reader.what}: {name} is not a host id (A-Z a-z 0-9 . _ : -)"
+        ) from None
+
+
+def _parties(reader: FieldReader) -> tuple[str, bytes, str, bytes]:
+    """An offer's (or a direct offer's) source and target: host id and identity key id each."""
+    source = _host(reader, "source host id")
+    source_key_id = reader.take(KEY_ID_SIZE, "source key id")
+    target = _host(reader, "target host id")
+    return source, source_key_id, target, reader.take(KEY_ID_SIZE, "target key id")
+
+
+def _signature(reader: FieldReader) -> tuple[bytes, bytes]:
+    """(the bytes the signature covers, the signature): a message's last field."""
+    signed_end = reader.offset
+    signature = reader.take(SIGNATURE_SIZE, "signature")
+    reader.end()
+    return reader.data[:signed_end], signature
+
+
+def _announced(reader: FieldReader) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """An offer's (or a direct offer's) last fields: (announcement, encapsulation, the bytes
+    before the encapsulation, the signed bytes, the signature)."""
+    announcement = reader.sized("announcement", width=2, low=1, high=MAX_ANNOUNCEMENT)
+    before = reader.offset
+    encapsulation = reader.take(ENCAPSULATION_SIZE, "encapsulation")
+    return (announcement, encapsulation, reader.data[:before], *_signature(reader))
 
 
 def _encode_host(host: str) -> bytes:
@@ -231,15 +228,12 @@ class Hello(NamedTuple):
 def parse_hello(data: bytes) -> Hello:
     """Structure only: bounds, magic, version, type, lengths. No signature check."""
     reader = _start(data, TYPE_HELLO, MAX_HELLO, "hello")
-    target = reader.host("target host id")
+    target = _host(reader, "target host id")
     key_id = reader.take(KEY_ID_SIZE, "target key id")
-    (issued_at,) = _U64.unpack(reader.take(8, "issued-at"))
+    issued_at = reader.uint(8, "issued-at")
     challenge = reader.take(CHALLENGE_SIZE, "challenge")
     kem = reader.take(KEM_PUBLIC_SIZE, "ephemeral KEM key")
-    signed_end = reader.offset
-    signature = reader.take(SIGNATURE_SIZE, "signature")
-    reader.end()
-    return Hello(target, key_id, issued_at, challenge, kem, reader.data[:signed_end], signature)
+    return Hello(target, key_id, issued_at, challenge, kem, *_signature(reader))
 
 
 class Offer(NamedTuple):
@@ -262,34 +256,7 @@ def parse_offer(data: bytes) -> Offer:
     """Structure only: bounds, magic, version, type, lengths. No signature check."""
     reader = _start(data, TYPE_OFFER, MAX_OFFER, "offer")
     hello_hash = reader.take(HASH_SIZE, "hello hash")
-    source = reader.host("source host id")
-    source_key_id = reader.take(KEY_ID_SIZE, "source key id")
-    target = reader.host("target host id")
-    target_key_id = reader.take(KEY_ID_SIZE, "target key id")
-    (size,) = _U16.unpack(reader.take(2, "announcement length"))
-    if not 1 <= size <= MAX_ANNOUNCEMENT:
-        raise CountOutOfRange(
-            f"offer: announcement length {size} at offset {reader.offset - 2} is outside "
-            f"1..{MAX_ANNOUNCEMENT}"
-        )
-    announcement = reader.take(size, "announcement")
-    before = reader.offset
-    encapsulation = reader.take(ENCAPSULATION_SIZE, "encapsulation")
-    signed_end = reader.offset
-    signature = reader.take(SIGNATURE_SIZE, "signature")
-    reader.end()
-    return Offer(
-        hello_hash,
-        source,
-        source_key_id,
-        target,
-        target_key_id,
-        announcement,
-        encapsulation,
-        reader.data[:before],
-        reader.data[:signed_end],
-        signature,
-    )
+    return Offer(hello_hash, *_parties(reader), *_announced(reader))
 
 
 # --- the attempt key -----------------------------------------------------------------------
@@ -376,8 +343,9 @@ class AttemptKey:
     __str__ = __repr__
 
 
-def _attempt(parsed: Offer, hello_bytes: bytes, secret: bytes, now: int) -> AttemptKey:
-    transcript = transcript_hash(hello_bytes, parsed.signed)
+def _attempt(parsed: Offer | Direct, transcript: bytes, secret: bytes, now: int) -> AttemptKey:
+    """The attempt's key from its secret and transcript hash, for the parties ``parsed``
+    names."""
     key_id, envelope_secret = derive_attempt_key(secret, transcript)
     keyring = Keyring([Key(key_id, KeyState.ACTIVE, now, envelope_secret)])
     return AttemptKey(
@@ -525,7 +493,8 @@ def _answer(
         raise MalformedInput("hello: the ephemeral KEM key is not usable") from None
     signed = before + encapsulation
     message = signed + signer.sign(LABEL_OFFER, signed)
-    return message, _attempt(parse_offer(message), hello_bytes, secret, now)
+    answered = parse_offer(message)
+    return message, _attempt(answered, transcript_hash(hello_bytes, answered.signed), secret, now)
 
 
 def _kem_public(raw: bytes) -> hpke.MLKEM768X25519PublicKey:
@@ -586,7 +555,8 @@ def accept(
         raise MalformedInput(f"offer: the attempt secret is {len(secret)} bytes")
     pending.used = True
     pending._kem = None  # forward secrecy: the ephemeral key goes with the attempt
-    return parsed.announcement, _attempt(parsed, pending.hello_bytes, secret, clock)
+    transcript = transcript_hash(pending.hello_bytes, parsed.signed)
+    return parsed.announcement, _attempt(parsed, transcript, secret, clock)
 
 
 # --- without a peer link: one message to the target's long-term identity ----------------------
@@ -611,52 +581,10 @@ class Direct(NamedTuple):
 def parse_direct(data: bytes) -> Direct:
     """Structure only: bounds, magic, version, type, lengths. No signature check."""
     reader = _start(data, TYPE_DIRECT, MAX_DIRECT, "direct offer")
-    source = reader.host("source host id")
-    source_key_id = reader.take(KEY_ID_SIZE, "source key id")
-    target = reader.host("target host id")
-    target_key_id = reader.take(KEY_ID_SIZE, "target key id")
-    (issued_at,) = _U64.unpack(reader.take(8, "issued-at"))
+    parties = _parties(reader)
+    issued_at = reader.uint(8, "issued-at")
     nonce = reader.take(CHALLENGE_SIZE, "nonce")
-    (size,) = _U16.unpack(reader.take(2, "announcement length"))
-    if not 1 <= size <= MAX_ANNOUNCEMENT:
-        raise CountOutOfRange(
-            f"direct offer: announcement length {size} at offset {reader.offset - 2} is "
-            f"outside 1..{MAX_ANNOUNCEMENT}"
-        )
-    announcement = reader.take(size, "announcement")
-    before = reader.offset
-    encapsulation = reader.take(ENCAPSULATION_SIZE, "encapsulation")
-    signed_end = reader.offset
-    signature = reader.take(SIGNATURE_SIZE, "signature")
-    reader.end()
-    return Direct(
-        source,
-        source_key_id,
-        target,
-        target_key_id,
-        issued_at,
-        nonce,
-        announcement,
-        encapsulation,
-        reader.data[:before],
-        reader.data[:signed_end],
-        signature,
-    )
-
-
-def _direct_attempt(parsed: Direct, secret: bytes, now: int) -> AttemptKey:
-    transcript = transcript_hash(b"", parsed.signed)
-    key_id, envelope_secret = derive_attempt_key(secret, transcript)
-    keyring = Keyring([Key(key_id, KeyState.ACTIVE, now, envelope_secret)])
-    return AttemptKey(
-        parsed.source_host,
-        parsed.target_host,
-        parsed.source_key_id,
-        parsed.target_key_id,
-        parsed.announcement,
-        transcript,
-        keyring,
-    )
+    return Direct(*parties, issued_at, nonce, *_announced(reader))
 
 
 def direct_offer(
@@ -699,7 +627,8 @@ def direct_offer(
     encapsulation = _SUITE.encrypt(secret, target.kem_public_key, info=LABEL_DIRECT_HPKE + before)
     signed = before + encapsulation
     message = signed + signer.sign(LABEL_DIRECT, signed)
-    return message, _direct_attempt(parse_direct(message), secret, clock)
+    parsed = parse_direct(message)
+    return message, _attempt(parsed, transcript_hash(b"", parsed.signed), secret, clock)
 
 
 def direct_accept(
@@ -747,7 +676,7 @@ def direct_accept(
         raise AuthenticationFailed("direct offer: the encapsulated secret does not open") from None
     if len(secret) != SECRET_SIZE:
         raise MalformedInput(f"direct offer: the attempt secret is {len(secret)} bytes")
-    attempt = _direct_attempt(parsed, secret, clock)
+    attempt = _attempt(parsed, transcript_hash(b"", parsed.signed), secret, clock)
     replay_guard.consume(
         attempt.transcript_hash, parsed.issued_at + max_age + 2 * clock_skew, now=clock
     )

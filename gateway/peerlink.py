@@ -53,7 +53,6 @@ from gateway.errors import (
     BadMagic,
     ConfigError,
     ContextMismatch,
-    CountOutOfRange,
     DowngradeRefused,
     Expired,
     MalformedInput,
@@ -61,9 +60,9 @@ from gateway.errors import (
     ProtocolError,
     TooLarge,
     Truncated,
-    UnaccountedBytes,
     UnsupportedVersion,
 )
+from gateway.fields import FieldReader
 from gateway.handshake import AttemptKey, PendingHello, accept, hello, offer
 from gateway.identity import HostIdentity, TrustStore
 from gateway.keys import KEY_ID_SIZE, Keyring
@@ -258,52 +257,25 @@ def encode_verdict(verdict: Verdict) -> bytes:
     return _frame(Kind.VERDICT, Suite.SHARED_KEYRING, body)
 
 
-class _Cursor:
-    """Reads a body front to back; every read is bounds-checked and names what it reads."""
+def _cursor(body: bytes, what: str) -> FieldReader:
+    return FieldReader(body, f"peer link: {what}")
 
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data = data
-        self.offset = 0
-        self.what = what
 
-    def take(self, size: int, name: str) -> bytes:
-        end = self.offset + size
-        if end > len(self.data):
-            raise Truncated(
-                f"peer link: {self.what} {name} needs {size} bytes at offset {self.offset}, "
-                f"{len(self.data) - self.offset} left"
-            )
-        chunk = self.data[self.offset : end]
-        self.offset = end
-        return chunk
+def _host(reader: FieldReader, name: str) -> str:
+    """A host id after its one-byte length (1 to :data:`MAX_HOST_ID`): printable UTF-8."""
+    raw = reader.sized(name, width=1, low=1, high=MAX_HOST_ID)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedInput(f"{reader.what} {name} is not UTF-8") from None
+    if not text.isprintable():
+        raise MalformedInput(f"{reader.what} {name} is not printable")
+    return text
 
-    def u8(self, name: str) -> int:
-        return self.take(1, name)[0]
 
-    def host(self, name: str) -> str:
-        size = self.u8(name)
-        if not 1 <= size <= MAX_HOST_ID:
-            raise CountOutOfRange(f"peer link: {self.what} {name} of {size} bytes")
-        raw = self.take(size, name)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MalformedInput(f"peer link: {self.what} {name} is not UTF-8") from None
-        if not text.isprintable():
-            raise MalformedInput(f"peer link: {self.what} {name} is not printable")
-        return text
-
-    def suite_data(self) -> bytes:
-        (size,) = struct.unpack(">H", self.take(2, "suite data length"))
-        if size > MAX_SUITE_DATA:
-            raise TooLarge(f"peer link: {self.what} suite data of {size} bytes")
-        return self.take(size, "suite data")
-
-    def end(self) -> None:
-        if self.offset != len(self.data):
-            raise UnaccountedBytes(
-                f"peer link: {len(self.data) - self.offset} bytes after the {self.what}"
-            )
+def _suite_data(reader: FieldReader) -> bytes:
+    """The suite's data after its two-byte length (at most :data:`MAX_SUITE_DATA`)."""
+    return reader.sized("suite data", width=2, low=0, high=MAX_SUITE_DATA, error=TooLarge)
 
 
 def _split(frame: bytes, kind: Kind) -> tuple[Suite, bytes]:
@@ -332,10 +304,10 @@ def _split(frame: bytes, kind: Kind) -> tuple[Suite, bytes]:
 
 def decode_challenge(frame: bytes) -> Challenge:
     suite, body = _split(frame, Kind.CHALLENGE)
-    cursor = _Cursor(body, "challenge")
-    target = cursor.host("target_host")
+    cursor = _cursor(body, "challenge")
+    target = _host(cursor, "target_host")
     nonce = cursor.take(NONCE_SIZE, "nonce")
-    data = cursor.suite_data()
+    data = _suite_data(cursor)
     cursor.end()
     return Challenge(target, nonce, suite, data)
 
@@ -351,23 +323,20 @@ def announcement_key_id(frame: bytes) -> bytes:
 def decode_announcement(frame: bytes) -> Announcement:
     """Parse an announcement frame; call only after its MAC verified (see TargetLink)."""
     suite, body = _split(frame, Kind.ANNOUNCE)
-    cursor = _Cursor(body[:-MAC_SIZE] if len(body) >= MAC_SIZE else body, "announcement")
+    cursor = _cursor(body[:-MAC_SIZE] if len(body) >= MAC_SIZE else body, "announcement")
     key_id = cursor.take(KEY_ID_SIZE, "key id")
-    source = cursor.host("source_host")
-    target = cursor.host("target_host")
+    source = _host(cursor, "source_host")
+    target = _host(cursor, "target_host")
     vm_id = uuid.UUID(bytes=cursor.take(16, "vm_id"))
     migration_id = uuid.UUID(bytes=cursor.take(16, "migration_id"))
-    (issued_at,) = struct.unpack(">Q", cursor.take(8, "issued_at"))
+    issued_at = cursor.uint(8, "issued_at")
     if issued_at >= 1 << 63:
         raise MalformedInput("peer link: announcement issued_at out of range")
-    count = cursor.u8("channel count")
-    if count > MAX_CHANNELS:
-        raise CountOutOfRange(f"peer link: {count} channels, at most {MAX_CHANNELS}")
-    raw = cursor.take(2 * count, "channels")
+    raw = cursor.sized("channels", width=1, low=0, high=MAX_CHANNELS, unit=2)
     channels = tuple((raw[i], raw[i + 1]) for i in range(0, len(raw), 2))
     if len(set(channels)) != len(channels):
         raise MalformedInput("peer link: a channel is announced twice")
-    data = cursor.suite_data()
+    data = _suite_data(cursor)
     cursor.end()
     if len(body) < MAC_SIZE:
         raise Truncated("peer link: announcement without its MAC")
@@ -378,14 +347,12 @@ def decode_announcement(frame: bytes) -> Announcement:
 
 def decode_verdict(frame: bytes) -> Verdict:
     _, body = _split(frame, Kind.VERDICT)
-    cursor = _Cursor(body, "verdict")
-    status = cursor.u8("status")
+    cursor = _cursor(body, "verdict")
+    status = cursor.uint(1, "status")
     if status > 1:
         raise MalformedInput(f"peer link: verdict status {status}")
-    size = cursor.u8("reason length")
-    if size > MAX_REASON:
-        raise CountOutOfRange(f"peer link: verdict reason of {size} bytes")
-    reason = cursor.take(size, "reason").decode("ascii", "replace")
+    raw = cursor.sized("reason", width=1, low=0, high=MAX_REASON)
+    reason = raw.decode("ascii", "replace")
     cursor.end()
     return Verdict(status == 0, "".join(c if c.isprintable() else "?" for c in reason))
 
@@ -483,9 +450,7 @@ class TargetLink:
             self._challenge = encode_challenge(Challenge(host_id, nonce))
         else:
             message, self._pending = hello(identity[0], now=now, random_bytes=random_bytes)
-            self._challenge = encode_challenge(
-                Challenge(host_id, nonce, Suite.IDENTITY, message)
-            )
+            self._challenge = encode_challenge(Challenge(host_id, nonce, Suite.IDENTITY, message))
         self._reader = FrameReader()
         self._done = False
 
@@ -541,9 +506,7 @@ class TargetLink:
             raise AuthenticationFailed("peer link: the offer signs another announcement")
         if not hmac.compare_digest(claimed.key_id, key.key_id):
             raise AuthenticationFailed("peer link: announcement key id is not the attempt's")
-        mac = _mac(
-            confirmation_key(key), self._challenge, frame[:-MAC_SIZE], _LABEL_IDENTITY
-        )
+        mac = _mac(confirmation_key(key), self._challenge, frame[:-MAC_SIZE], _LABEL_IDENTITY)
         if not hmac.compare_digest(mac, frame[-MAC_SIZE:]):
             raise AuthenticationFailed("peer link: announcement MAC does not verify")
         if claimed.source_host != key.source_host:
@@ -661,9 +624,7 @@ class SourceLink:
             random_bytes=self._random_bytes,
             clock_skew=self._clock_skew,
         )
-        self._announcement = replace(
-            self._announcement, key_id=attempt.key_id, suite_data=message
-        )
+        self._announcement = replace(self._announcement, key_id=attempt.key_id, suite_data=message)
         self.attempt_key = attempt
         prefix = _announce_prefix(self._announcement)
         return prefix + _mac(confirmation_key(attempt), frame, prefix, _LABEL_IDENTITY)
