@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import hmac
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,44 @@ from gateway.keys import KEY_ID_SIZE, Key, Keyring, KeyState, load_keyring, save
 __all__ = ["add_parsers"]
 
 
+#: One verb's handler: the parsed arguments in, the exit status out.
+Handler = Callable[[argparse.Namespace], int]
+#: One argument of a verb: ``add_argument``'s positional and keyword arguments.
+Argument = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def _argument(*flags: str, **options: Any) -> Argument:
+    return flags, options
+
+
+@dataclass(frozen=True)
+class _Verb:
+    """One ``keys`` action: its name, handler, help line, description and own arguments."""
+
+    name: str
+    handler: Handler
+    help: str
+    description: str
+    arguments: tuple[Argument, ...] = ()
+
+
+def _add_verbs(
+    verbs: argparse._SubParsersAction[Any], file_option: str, file_help: str, *specs: _Verb
+) -> None:
+    """A sub-parser per verb, in order: its own arguments, then ``file_option`` (the file it
+    works on, required), and the handler to run."""
+    for spec in specs:
+        parser = verbs.add_parser(spec.name, help=spec.help, description=spec.description)
+        for flags, options in spec.arguments:
+            parser.add_argument(*flags, **options)
+        parser.add_argument(file_option, required=True, metavar="FILE", help=file_help)
+        parser.set_defaults(func=spec.handler)
+
+
+def _key_id(what: str) -> Argument:
+    return _argument("key_id", metavar="KEY_ID", help=f"{what}, 32 hex digits")
+
+
 def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     keys = subparsers.add_parser(
         "keys",
@@ -46,47 +86,39 @@ def add_parsers(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     verbs = keys.add_subparsers(dest="keys_verb", metavar="ACTION", parser_class=type(keys))
     verbs.required = True
-
-    generate = verbs.add_parser(
-        "generate",
-        help="create a keyring, or add a pending key to one",
-        description=(
+    _add_verbs(
+        verbs,
+        "--keyring",
+        "the keyring file (mode 0600)",
+        _Verb(
+            "generate",
+            _generate,
+            "create a keyring, or add a pending key to one",
             "Without an existing FILE: create it with one active key. With one: add a new key "
-            "in the pending state, which opens but does not seal until 'rotate' promotes it."
+            "in the pending state, which opens but does not seal until 'rotate' promotes it.",
         ),
-    )
-    rotate = verbs.add_parser(
-        "rotate",
-        help="promote the pending key (or a new one) to active",
-        description=(
+        _Verb(
+            "rotate",
+            _rotate,
+            "promote the pending key (or a new one) to active",
             "Make the pending key active (or create a fresh active key when none is pending); "
-            "the previously active key becomes decrypt-only so blobs in flight still open."
+            "the previously active key becomes decrypt-only so blobs in flight still open.",
         ),
-    )
-    listing = verbs.add_parser(
-        "list",
-        help="list key ids, states and creation times (never secrets)",
-        description=(
+        _Verb(
+            "list",
+            _list,
+            "list key ids, states and creation times (never secrets)",
             "Print one line per key: its id (32 hex digits), its state (active, pending,\n"
-            "decrypt-only, retired) and when it was created. Secrets are never shown."
+            "decrypt-only, retired) and when it was created. Secrets are never shown.",
+        ),
+        _Verb(
+            "retire",
+            _retire,
+            "retire a key: it opens nothing any more and its secret is erased",
+            "Retire a pending or decrypt-only key. The active key cannot be retired.",
+            (_key_id("the key id"),),
         ),
     )
-    retire = verbs.add_parser(
-        "retire",
-        help="retire a key: it opens nothing any more and its secret is erased",
-        description="Retire a pending or decrypt-only key. The active key cannot be retired.",
-    )
-    retire.add_argument("key_id", metavar="KEY_ID", help="the key id, 32 hex digits")
-    for parser, handler in (
-        (generate, _generate),
-        (rotate, _rotate),
-        (listing, _list),
-        (retire, _retire),
-    ):
-        parser.add_argument(
-            "--keyring", required=True, metavar="FILE", help="the keyring file (mode 0600)"
-        )
-        parser.set_defaults(func=handler)
     add_identity_parsers(verbs)
 
 
@@ -135,83 +167,80 @@ def _retire(args: argparse.Namespace) -> int:
 
 
 def add_identity_parsers(verbs: argparse._SubParsersAction[Any]) -> None:
-    init = verbs.add_parser(
-        "host-init",
-        help="create this host's identity, or add a pending generation to it",
-        description=(
+    _add_verbs(
+        verbs,
+        "--identity",
+        "the private identity file",
+        _Verb(
+            "host-init",
+            _host_init,
+            "create this host's identity, or add a pending generation to it",
             "Without an existing FILE: create it (mode 0600) with one active generation of "
             "signing (Ed25519 + ML-DSA-65) and KEM (ML-KEM-768 + X25519) keys. With one: add "
-            "a pending generation; export it to every peer, then run 'host-rotate'."
+            "a pending generation; export it to every peer, then run 'host-rotate'.",
+            (_argument("--host-id", metavar="ID", help="this host's id (required to create)"),),
         ),
-    )
-    init.add_argument("--host-id", metavar="ID", help="this host's id (required to create)")
-    rotate = verbs.add_parser(
-        "host-rotate",
-        help="make the pending generation the one that signs; retire the old one",
-        description=(
+        _Verb(
+            "host-rotate",
+            _host_rotate,
+            "make the pending generation the one that signs; retire the old one",
             "Promote the pending generation to active and retire the old one, erasing its "
-            "private keys. Run it once every peer trusts the pending generation."
+            "private keys. Run it once every peer trusts the pending generation.",
         ),
-    )
-    export = verbs.add_parser(
-        "host-export",
-        help="write the public identity (self-signed) and print its fingerprint",
-        description=(
+        _Verb(
+            "host-export",
+            _host_export,
+            "write the public identity (self-signed) and print its fingerprint",
             "Write one generation's public identity (the active one unless --key-id names "
             "another) as JSON, and print its fingerprint on stderr: give the file to the "
-            "peers and compare the fingerprint with them out of band."
+            "peers and compare the fingerprint with them out of band.",
+            (
+                _argument("--key-id", metavar="KEY_ID", help="the generation, 32 hex digits"),
+                _argument("--output", metavar="FILE", help="where to write (default stdout)"),
+            ),
+        ),
+        _Verb(
+            "host-list",
+            _host_list,
+            "list this host's generations: id, state, created, fingerprint",
+            "List this host's identity generations (never a private key).",
         ),
     )
-    export.add_argument("--key-id", metavar="KEY_ID", help="the generation, 32 hex digits")
-    export.add_argument("--output", metavar="FILE", help="where to write (default stdout)")
-    listing = verbs.add_parser(
-        "host-list",
-        help="list this host's generations: id, state, created, fingerprint",
-        description="List this host's identity generations (never a private key).",
-    )
-    for parser, handler in (
-        (init, _host_init),
-        (rotate, _host_rotate),
-        (export, _host_export),
-        (listing, _host_list),
-    ):
-        parser.add_argument(
-            "--identity", required=True, metavar="FILE", help="the private identity file"
-        )
-        parser.set_defaults(func=handler)
-
-    add = verbs.add_parser(
-        "trust-add",
-        help="trust a peer's exported public identity",
-        description=(
+    _add_verbs(
+        verbs,
+        "--trust-store",
+        "the trust store file",
+        _Verb(
+            "trust-add",
+            _trust_add,
+            "trust a peer's exported public identity",
             "Add a peer's public identity (as 'host-export' wrote it) to the trust store, "
             "creating the store if needed. --fingerprint must be the fingerprint the peer's "
             "operator read from that host: it is what makes the file trustworthy. The first "
             "generation of a peer becomes active; later ones pending, until 'trust-retire' "
-            "retires the old one."
+            "retires the old one.",
+            (
+                _argument("public", metavar="PUBLIC_FILE", help="the peer's public identity"),
+                _argument(
+                    "--fingerprint", required=True, metavar="FP", help="as the peer printed it"
+                ),
+            ),
         ),
-    )
-    add.add_argument("public", metavar="PUBLIC_FILE", help="the peer's public identity")
-    add.add_argument("--fingerprint", required=True, metavar="FP", help="as the peer printed it")
-    trust_list = verbs.add_parser(
-        "trust-list",
-        help="list trusted peer generations: host, id, state, fingerprint",
-        description="List every peer generation in the trust store, with its state.",
-    )
-    retire = verbs.add_parser(
-        "trust-retire",
-        help="stop trusting a peer generation (retiring the active one promotes a pending one)",
-        description=(
+        _Verb(
+            "trust-list",
+            _trust_list,
+            "list trusted peer generations: host, id, state, fingerprint",
+            "List every peer generation in the trust store, with its state.",
+        ),
+        _Verb(
+            "trust-retire",
+            _trust_retire,
+            "stop trusting a peer generation (retiring the active one promotes a pending one)",
             "Retire a peer generation: nothing it signs is accepted any more. Retiring a "
-            "peer's active generation promotes its pending one, if any."
+            "peer's active generation promotes its pending one, if any.",
+            (_key_id("the generation"),),
         ),
     )
-    retire.add_argument("key_id", metavar="KEY_ID", help="the generation, 32 hex digits")
-    for parser, handler in ((add, _trust_add), (trust_list, _trust_list), (retire, _trust_retire)):
-        parser.add_argument(
-            "--trust-store", required=True, metavar="FILE", help="the trust store file"
-        )
-        parser.set_defaults(func=handler)
 
 
 def _key_id_arg(text: str, error: type[GatewayError] = IdentityError) -> bytes:
