@@ -11,7 +11,7 @@ import itertools
 import struct
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -95,17 +95,6 @@ def device(data: bytes) -> CharDeviceState:
         write_num_client_tokens=min(1, len(data)),
         write_data=data,
     )
-
-
-@pytest.fixture
-def keyring() -> Keyring:
-    return Keyring.create(now=NOW)
-
-
-@pytest.fixture
-def guard(tmp_path: Path) -> Iterator[ReplayGuard]:
-    with ReplayGuard(tmp_path / "replay.db") as replay_guard:
-        yield replay_guard
 
 
 @pytest.mark.parametrize("name", sorted(native.CHANNEL_NAMES))

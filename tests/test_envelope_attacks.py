@@ -17,7 +17,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +61,13 @@ from gateway.errors import (
 from gateway.keys import Key, Keyring, KeyState, save_keyring
 from gateway.replay import ReplayGuard
 from schemas import ChannelType, CharDeviceState, SpicevmcState, StateModel
+from tests import envelope_setup
+from tests.envelope_setup import MIGRATION, NOW, TTL, VM, by_key_holder
 from tests.vectors.envelope import reference
 
 SAMPLES = Path(gateway.__file__).parent / "samples"
 CHANNEL_NAMES = sorted(native.CHANNEL_NAMES)
-NOW = 1_800_000_000
-TTL = 300
 SKEW = 30
-VM = uuid.UUID("6f1c1b9e-0d5e-4d8a-9a53-2f43c0a5f0a1")
-MIGRATION = uuid.UUID("0b7e2a58-8c36-4f0e-9f0b-6c1d2e3f4a5b")
 SALT = bytes(range(100, 132))
 
 
@@ -80,45 +77,11 @@ def sample_state(name: str) -> tuple[ChannelType, StateModel]:
 
 
 def context_for(channel: ChannelType, **changes: Any) -> Context:
-    fields: dict[str, Any] = {
-        "channel_type": channel,
-        "channel_id": 1,
-        "vm_id": VM,
-        "migration_id": MIGRATION,
-        "source_host": "src.example",
-        "target_host": "dst.example",
-        "schema_version": 1,
-    }
-    fields.update(changes)
-    return Context(**fields)
+    return envelope_setup.context_for(channel, 1, **changes)
 
 
 def raw_context_for(channel: ChannelType, **changes: Any) -> reference.RawContext:
-    fields: dict[str, Any] = {
-        "channel_type": int(channel),
-        "channel_id": 1,
-        "direction": 1,
-        "schema_version": 1,
-        "vm_id": VM,
-        "migration_id": MIGRATION,
-        "issued_at": NOW,
-        "expires_at": NOW + TTL,
-        "source_host": "src.example",
-        "target_host": "dst.example",
-    }
-    fields.update(changes)
-    return reference.RawContext(**fields)
-
-
-@pytest.fixture
-def keyring() -> Keyring:
-    return Keyring.create(now=NOW)
-
-
-@pytest.fixture
-def guard(tmp_path: Path) -> Iterator[ReplayGuard]:
-    with ReplayGuard(tmp_path / "replay.db") as replay_guard:
-        yield replay_guard
+    return envelope_setup.raw_context(channel, 1, **changes)
 
 
 def opener(
@@ -154,10 +117,7 @@ def by_compromised_source(
     keyring: Keyring, payload: bytes, context: reference.RawContext | bytes
 ) -> bytes:
     """A blob that authenticates: sealed with the real key over arbitrary bytes."""
-    encoded = context if isinstance(context, bytes) else context.encode()
-    return reference.seal_raw(
-        payload, encoded, key_id=keyring.active.key_id, secret=keyring.active.secret, salt=SALT
-    )
+    return by_key_holder(keyring, payload, context, SALT)
 
 
 def expected_for_flip(offset: int) -> tuple[type[GatewayError], ...]:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import sqlite3
 import tracemalloc
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -52,13 +50,10 @@ from gateway.errors import (
 from gateway.keys import Keyring
 from gateway.replay import ReplayGuard
 from schemas import ChannelType
-from tests.vectors.envelope import reference
+from tests import envelope_setup
+from tests.envelope_setup import NOW, TTL
 from tests.worst_states import worst_state
 
-NOW = 1_800_000_000
-TTL = 300
-VM = uuid.UUID("6f1c1b9e-0d5e-4d8a-9a53-2f43c0a5f0a1")
-MIGRATION = uuid.UUID("0b7e2a58-8c36-4f0e-9f0b-6c1d2e3f4a5b")
 CHANNELS = (
     ChannelType.MAIN,
     ChannelType.DISPLAY,
@@ -75,45 +70,19 @@ MEMORY_FACTOR = 3
 MEMORY_ALLOWANCE = 2 * 1024 * 1024
 
 
-@pytest.fixture
-def keyring() -> Keyring:
-    return Keyring.create(now=NOW)
-
-
-@pytest.fixture
-def guard(tmp_path: Path) -> Iterator[ReplayGuard]:
-    with ReplayGuard(tmp_path / "replay.db") as replay_guard:
-        yield replay_guard
-
-
 def context_for(channel: ChannelType) -> Context:
-    return Context(channel, 0, VM, MIGRATION, "src.example", "dst.example", 1)
+    return envelope_setup.context_for(channel, 0)
 
 
 def raw_context(channel: ChannelType, **changes: object) -> bytes:
-    fields: dict[str, object] = {
-        "channel_type": int(channel),
-        "channel_id": 0,
-        "direction": 1,
-        "schema_version": 1,
-        "vm_id": VM,
-        "migration_id": MIGRATION,
-        "issued_at": NOW,
-        "expires_at": NOW + TTL,
-        "source_host": "src.example",
-        "target_host": "dst.example",
-    }
-    fields.update(changes)
-    return reference.RawContext(**fields).encode()  # type: ignore[arg-type]
+    return envelope_setup.raw_context(channel, 0, **changes).encode()
 
 
 def by_key_holder(
     keyring: Keyring, payload: bytes, context: bytes, salt: bytes = b"\x5a" * 32
 ) -> bytes:
     """A blob that authenticates: sealed with a valid key over bytes of the holder's choice."""
-    return reference.seal_raw(
-        payload, context, key_id=keyring.active.key_id, secret=keyring.active.secret, salt=salt
-    )
+    return envelope_setup.by_key_holder(keyring, payload, context, salt)
 
 
 def empty_map_bomb(size: int) -> bytes:
