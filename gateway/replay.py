@@ -13,6 +13,12 @@ is under way therefore share the next one (group commit): whoever takes the comm
 every request queued so far in one transaction, and each caller returns only once the
 transaction holding its own record is durable.
 
+A caller that must not block (an event loop) hands its record to :meth:`ReplayGuard.submit`
+instead: one long-lived commit thread per guard takes everything submitted since its last
+commit, records it all in one transaction and one fsync, then reports each request's outcome
+through the callback the caller gave (from that thread). :meth:`ReplayGuard.close` lets it
+finish what was submitted before it stops.
+
 Whoever can write the database can undo single use, so it is opened like the keyring: never
 through a symbolic link, owned by the running user, mode 0600 (created so), in a directory no
 other user can write to. A database that fails while checking or recording (locked past the busy
@@ -28,6 +34,7 @@ import os
 import sqlite3
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -52,18 +59,41 @@ CREATE INDEX IF NOT EXISTS consumed_keep_until ON consumed (keep_until);
 class _Request:
     """One consume call waiting for, or decided by, a commit."""
 
-    __slots__ = ("blob_id", "claim", "done", "error", "keep_until", "now", "recorded")
+    __slots__ = (
+        "blob_id",
+        "claim",
+        "done",
+        "error",
+        "keep_until",
+        "now",
+        "on_done",
+        "recorded",
+    )
 
     def __init__(
-        self, blob_id: bytes, keep_until: int, now: int, claim: Callable[[], None] | None
+        self,
+        blob_id: bytes,
+        keep_until: int,
+        now: int,
+        claim: Callable[[], None] | None,
+        on_done: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         self.blob_id = blob_id
         self.keep_until = keep_until
         self.now = now
         self.claim = claim
+        self.on_done = on_done
         self.done = False
         self.recorded = False
         self.error: BaseException | None = None
+
+    def outcome(self) -> BaseException | None:
+        """None once recorded; otherwise the error the caller raises."""
+        if self.error is not None:
+            return self.error
+        if not self.recorded:
+            return Replayed(f"blob {self.blob_id[:8].hex()}… was already opened")
+        return None
 
 
 def _copy_error(exc: BaseException) -> BaseException:
@@ -93,6 +123,11 @@ class ReplayGuard:
         #: Guards the queue of requests waiting for a commit (never held while waiting).
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
+        #: Requests for the commit thread (see :meth:`submit`), and its wake-up.
+        self._submitted: deque[_Request] = deque()
+        self._submitted_ready = threading.Condition(threading.Lock())
+        self._committer: threading.Thread | None = None
+        self._closing = False
         self._db: sqlite3.Connection | None = None
         try:
             # Create it owner-only before SQLite does: whoever can write this file can undo
@@ -161,10 +196,71 @@ class ReplayGuard:
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
                 self._commit(batch)
-        if request.error is not None:
-            raise request.error
-        if not request.recorded:
-            raise Replayed(f"blob {blob_id[:8].hex()}… was already opened")
+        error = request.outcome()
+        if error is not None:
+            raise error
+
+    def submit(
+        self,
+        blob_id: bytes,
+        keep_until: int,
+        *,
+        now: int,
+        claim: Callable[[], None] | None = None,
+        done: Callable[[BaseException | None], None],
+    ) -> None:
+        """:meth:`consume` without waiting: the guard's commit thread records the blob.
+
+        Returns at once. ``done`` is called exactly once, from the commit thread, after the
+        transaction holding the record is durable: with None when the blob was recorded now,
+        otherwise with the error :meth:`consume` would raise (Replayed, the claim's refusal, a
+        :class:`~gateway.errors.ReplayStoreError`). Everything submitted while a commit runs
+        shares the next one. ``claim`` means what it means for :meth:`consume`. It must be
+        quick and must not block, and neither may ``done``: they run on the commit thread
+        (an event loop's caller hands the outcome back with ``call_soon_threadsafe``).
+
+        Raises RuntimeError (and never calls ``done``) if the guard is closed or closing.
+        """
+        request = _Request(blob_id, keep_until, now, claim, done)
+        with self._submitted_ready:
+            if self._closing or self._db is None:
+                raise RuntimeError("replay guard is closed")
+            self._submitted.append(request)
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._commit_loop, name="replay-commit", daemon=True
+                )
+                self._committer.start()
+            else:
+                self._submitted_ready.notify()
+
+    def _commit_loop(self) -> None:
+        """The commit thread: everything submitted so far in one commit, until closed."""
+        while True:
+            with self._submitted_ready:
+                while not self._submitted and not self._closing:
+                    self._submitted_ready.wait()
+                if not self._submitted:
+                    return  # closing, and nothing left to record
+                batch = list(self._submitted)
+                self._submitted.clear()
+            with self._lock, contextlib.suppress(Exception):
+                # A failed commit has set each request's error already.
+                self._commit(batch)
+            for request in batch:
+                if request.on_done is not None:
+                    # A failing callback is its caller's bug; it must not stop the others.
+                    with contextlib.suppress(Exception):
+                        request.on_done(request.outcome())
+
+    def _stop_committer(self) -> None:
+        """Let the commit thread record what was submitted, then end it."""
+        with self._submitted_ready:
+            self._closing = True
+            committer = self._committer
+            self._submitted_ready.notify()
+        if committer is not None and committer is not threading.current_thread():
+            committer.join()
 
     def _commit(self, batch: list[_Request]) -> None:
         """One transaction and one fsync for ``batch``; called with the commit lock held."""
@@ -258,6 +354,8 @@ class ReplayGuard:
             ).rowcount
 
     def close(self) -> None:
+        """Close the database, once the commit thread recorded everything submitted."""
+        self._stop_committer()
         with self._lock:
             if self._db is not None:
                 self._db.close()

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from gateway import native
 from gateway.envelope import (
@@ -70,7 +71,14 @@ from gateway.spice.messages import (
     MigrateSwitchHost,
 )
 
-__all__ = ["AWAITED", "INLINE_SEAL_LIMIT", "Announcer", "ChannelHandler", "ProxyState"]
+__all__ = [
+    "AWAITED",
+    "INLINE_SEAL_LIMIT",
+    "Announcer",
+    "ChannelHandler",
+    "ProxyState",
+    "record",
+]
 
 #: Migration messages the proxy hands to :meth:`ChannelHandler.rewrite` (they may wait).
 AWAITED = (MigrateData, ClientMigrateData, MigrateBeginSeamless)
@@ -210,10 +218,12 @@ class ChannelHandler:
     async def rewrite(self, event: Message) -> bytes:
         """:meth:`forward` for a MIGRATE_DATA message, without holding up the event loop.
 
-        A real payload (tens of bytes to a few KiB) is sealed, or verified, on the loop: that
-        costs less than two thread hand-offs. Only what waits for the disk, the replay guard's
-        durable commit, goes to a thread, where the commits of blobs verified meanwhile share
-        one fsync. A large payload (pending device data) goes to a thread whole.
+        A real payload (tens of bytes to a few KiB) is sealed, or verified and re-encoded, on
+        the loop: that costs less than a thread hand-off. Only what waits for the disk, the
+        replay guard's durable commit, leaves it, for the guard's one commit thread, which
+        records every blob verified meanwhile (of any channel or session) in one transaction
+        and one fsync, and hands each outcome back to the loop; the native bytes exist only
+        after that. A large payload (pending device data) goes to a worker thread whole.
         """
         migration = event.migration
         if isinstance(migration, MigrateBeginSeamless):
@@ -234,7 +244,12 @@ class ChannelHandler:
                 if error.authentic_blob is not None:
                     await asyncio.to_thread(self._spend, error)
                 raise
-            return reframe(event, await asyncio.to_thread(self._accept, session, verified))
+            try:
+                await self._record(session, verified)
+            except BaseException as error:
+                self._accepted(session, verified, error)
+                raise  # pragma: no cover - _accepted() raises
+            return reframe(event, self._accepted(session, verified, None))
         return self.forward(event)
 
     def refuse(self, reason: str, error: GatewayError) -> None:
@@ -418,26 +433,34 @@ class ChannelHandler:
             if done:
                 session.completed = True
         self.state.metrics.inc("smg_sealed_total", channel=_channel_name(self.channel_type))
-        audit(
-            "blob_sealed",
-            f"sealed {self.channel} of route {self.route.name}",
-            route=self.route.name,
-            vm=str(self.route.vm_id),
-            channel=self.channel,
-            migration=str(migration_id),
-            target=target_host,
-            native_bytes=len(payload),
-            sealed_bytes=len(blob),
-        )
-        if done:
-            audit(
-                "migration_sealed",
-                f"every channel of migration {migration_id} sealed on route {self.route.name}",
+        # The records wait until the sealed blob is on its way to the client.
+        _after(
+            functools.partial(
+                audit,
+                "blob_sealed",
+                f"sealed {self.channel} of route {self.route.name}",
                 route=self.route.name,
                 vm=str(self.route.vm_id),
+                channel=self.channel,
                 migration=str(migration_id),
                 target=target_host,
-                channels=len(session.sealed),
+                native_bytes=len(payload),
+                sealed_bytes=len(blob),
+            )
+        )
+        if done:
+            _after(
+                functools.partial(
+                    audit,
+                    "migration_sealed",
+                    f"every channel of migration {migration_id} sealed on route "
+                    f"{self.route.name}",
+                    route=self.route.name,
+                    vm=str(self.route.vm_id),
+                    migration=str(migration_id),
+                    target=target_host,
+                    channels=len(session.sealed),
+                )
             )
         return blob
 
@@ -600,17 +623,40 @@ class ChannelHandler:
     def _accept(self, session: Session, verified: Verified) -> bytes:
         """The durable replay record (waits for the disk), then the native bytes."""
         try:
-            try:
-                opened = verified.consume(
-                    self.state.replay_guard, claim=self._claim(session, verified)
-                )
-            except (sqlite3.Error, RuntimeError) as failure:
-                # The guard reports its own failures as ReplayStoreError; anything else from
-                # the database is one too: single use cannot be guaranteed without the record.
-                raise ReplayStoreError(
-                    f"{self.channel}: the replay database failed ({type(failure).__name__}); "
-                    "blob refused"
-                ) from None
+            verified.consume(self.state.replay_guard, claim=self._claim(session, verified))
+        except BaseException as error:
+            return self._accepted(session, verified, error)
+        return self._accepted(session, verified, None)
+
+    async def _record(self, session: Session, verified: Verified) -> None:
+        """The durable replay record of ``verified``, by the guard's commit thread, awaited on
+        the loop (raises what :meth:`ReplayGuard.consume` would)."""
+        await record(
+            self.state.replay_guard,
+            verified.blob_id,
+            verified.keep_until,
+            now=verified.checked_at,
+            claim=self._claim(session, verified),
+        )
+
+    def _accepted(
+        self, session: Session, verified: Verified, failure: BaseException | None
+    ) -> bytes:
+        """After the replay record of ``verified`` (``failure`` None) or its failure: the native
+        bytes for spice-server, or the refusal, audited."""
+        try:
+            if failure is not None:
+                if isinstance(failure, sqlite3.Error | RuntimeError):
+                    # The guard reports its own failures as ReplayStoreError; anything else
+                    # from the database is one too: single use cannot be guaranteed without
+                    # the record.
+                    raise ReplayStoreError(
+                        f"{self.channel}: the replay database failed ({type(failure).__name__}); "
+                        "blob refused"
+                    ) from None
+                raise failure
+            # Recorded: what the blob holds may be acted on now (the guard is not asked again).
+            opened = verified.consume(_RECORDED)
             native_payload = native.encode(
                 opened.state,
                 self.channel_type,
@@ -630,26 +676,94 @@ class ChannelHandler:
             raise  # pragma: no cover - refuse() raises
         name = _channel_name(self.channel_type)
         self.state.metrics.inc("smg_opened_total", channel=name)
-        audit(
-            "blob_accepted",
-            f"accepted {self.channel} of route {self.route.name}",
-            route=self.route.name,
-            vm=str(self.route.vm_id),
-            channel=self.channel,
-            migration=str(session.migration_id),
-            source=opened.context.source_host,
-            native_bytes=len(native_payload),
+        # The records of an acceptance wait until the native bytes are on their way.
+        _after(
+            functools.partial(
+                audit,
+                "blob_accepted",
+                f"accepted {self.channel} of route {self.route.name}",
+                route=self.route.name,
+                vm=str(self.route.vm_id),
+                channel=self.channel,
+                migration=str(session.migration_id),
+                source=opened.context.source_host,
+                native_bytes=len(native_payload),
+            )
         )
         if done:
             self.state.metrics.inc("smg_migrations_completed_total")
-            audit(
-                "migration_accepted",
-                f"every channel of migration {session.migration_id} accepted on route "
-                f"{self.route.name}",
-                route=self.route.name,
-                vm=str(self.route.vm_id),
-                migration=str(session.migration_id),
-                channels=len(session.accepted),
-                channel_list=sorted(f"{_channel_name(t)}:{i}" for t, i in session.accepted),
+            _after(
+                functools.partial(
+                    audit,
+                    "migration_accepted",
+                    f"every channel of migration {session.migration_id} accepted on route "
+                    f"{self.route.name}",
+                    route=self.route.name,
+                    vm=str(self.route.vm_id),
+                    migration=str(session.migration_id),
+                    channels=len(session.accepted),
+                    channel_list=sorted(f"{_channel_name(t)}:{i}" for t, i in session.accepted),
+                )
             )
         return native_payload
+
+
+async def record(
+    guard: ReplayGuard,
+    blob_id: bytes,
+    keep_until: int,
+    *,
+    now: int,
+    claim: Callable[[], None] | None = None,
+) -> None:
+    """:meth:`ReplayGuard.consume` awaited on the event loop: the guard's commit thread
+    records the blob (with whatever else was submitted meanwhile) and hands the outcome back.
+    Raises what ``consume`` would; the loop never waits for the disk."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def done(error: BaseException | None) -> None:
+        # On the commit thread: hand the outcome to the loop.
+        loop.call_soon_threadsafe(_settle, future, error)
+
+    guard.submit(blob_id, keep_until, now=now, claim=claim, done=done)
+    await future
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return  # the waiting channel was cancelled (closed) meanwhile
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _after(record: Callable[[], object]) -> None:
+    """Write ``record`` once the caller's current step is done (on the event loop: its next
+    turn, after the bytes just decided were handed to the socket); at once in a thread."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        record()
+    else:
+        loop.call_soon(record)
+
+
+class _Recorded:
+    """Stands in for the replay guard once the guard's commit thread recorded a blob: the
+    blob's :meth:`Verified.consume` then only hands over what was opened."""
+
+    def consume(
+        self,
+        blob_id: bytes,
+        keep_until: int,
+        *,
+        now: int,
+        claim: Callable[[], None] | None = None,
+    ) -> None:
+        return None
+
+
+#: See :class:`_Recorded`; typed as the guard it stands in for.
+_RECORDED = cast(ReplayGuard, _Recorded())
