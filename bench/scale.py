@@ -347,7 +347,9 @@ async def sidecar(
     host.folder.mkdir()
     listens = listen_addresses(sessions)
     routes = [(f"vm{i}", server.address, uuid.uuid4(), listens[i]) for i in range(sessions)]
-    limits = {"max_connections": sessions * len(channels) + 16}
+    # Every client of the bench connects from 127.0.0.1: the per-client cap must hold them all.
+    connections = sessions * len(channels) + 16
+    limits = {"max_connections": connections, "max_connections_per_client": connections}
     if max_buffered is not None:
         limits["max_buffered_bytes"] = max_buffered
     config = write_config(host, keyring, routes, None, None, **limits)
@@ -615,6 +617,8 @@ async def storm(
             (hosts[other], listens[other][:MAX_PEER_ADDRESSES]),
             replay_dir / f"{side}.sqlite" if replay_dir else None,
             max_connections=vms * 7 + 16,
+            # Every client of the bench connects from 127.0.0.1.
+            max_connections_per_client=vms * 7 + 16,
         )
 
     def session(i: int, first_id: int, proxied: bool) -> ClientSession:
