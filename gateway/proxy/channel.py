@@ -19,8 +19,10 @@ import asyncio
 import functools
 import logging
 import sqlite3
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -244,11 +246,16 @@ class ChannelHandler:
                 if error.authentic_blob is not None:
                     await asyncio.to_thread(self._spend, error)
                 raise
+            with session.lock:
+                session.recording += 1
             try:
                 await self._record(session, verified)
             except BaseException as error:
                 self._accepted(session, verified, error)
                 raise  # pragma: no cover - _accepted() raises
+            finally:
+                with session.lock:
+                    session.recording -= 1
             return reframe(event, self._accepted(session, verified, None))
         return self.forward(event)
 
@@ -721,22 +728,58 @@ async def record(
     Raises what ``consume`` would; the loop never waits for the disk."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
-
-    def done(error: BaseException | None) -> None:
-        # On the commit thread: hand the outcome to the loop.
-        loop.call_soon_threadsafe(_settle, future, error)
-
-    guard.submit(blob_id, keep_until, now=now, claim=claim, done=done)
+    outcomes = _Outcomes.of(loop)
+    guard.submit(
+        blob_id,
+        keep_until,
+        now=now,
+        claim=claim,
+        done=functools.partial(outcomes.put, future),
+    )
     await future
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return  # the waiting channel was cancelled (closed) meanwhile
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+class _Outcomes:
+    """Commit outcomes on their way from the commit thread to one event loop: the outcomes of
+    one commit wake the loop once, not once per blob."""
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outcomes] = (
+        weakref.WeakKeyDictionary()
+    )
+    _by_loop_lock = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.pending: list[tuple[asyncio.Future[None], BaseException | None]] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Outcomes:
+        with cls._by_loop_lock:
+            found = cls._by_loop.get(loop)
+            if found is None:
+                found = cls._by_loop[loop] = cls(loop)
+            return found
+
+    def put(self, future: asyncio.Future[None], error: BaseException | None) -> None:
+        """On the commit thread: queue ``future``'s outcome; the first of a run wakes the loop."""
+        with self.lock:
+            self.pending.append((future, error))
+            if len(self.pending) > 1:
+                return  # a wake-up is on its way already
+        self.loop.call_soon_threadsafe(self.settle)
+
+    def settle(self) -> None:
+        """On the loop: complete every future whose outcome came."""
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for future, error in pending:
+            if future.done():
+                continue  # the waiting channel was cancelled (closed) meanwhile
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
 
 
 def _after(record: Callable[[], object]) -> None:
