@@ -130,7 +130,12 @@ def client_address(peer: str) -> str:
     return host if sep else peer
 
 
-@functools.lru_cache(maxsize=1024)
+#: Expectations kept (a few hundred bytes each): one per VM and channel, and per pinned
+#: migration, so that an evacuation of hundreds of VMs at once builds each only once.
+EXPECTED_CONTEXTS = 16384
+
+
+@functools.lru_cache(maxsize=EXPECTED_CONTEXTS)
 def _expected_context(
     channel_type: ChannelType,
     channel_id: int,
@@ -154,6 +159,7 @@ def _expected_context(
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _channel_name(channel_type: int) -> str:
     try:
         return ChannelType(channel_type).name.lower()
