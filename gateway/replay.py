@@ -44,6 +44,9 @@ from gateway.errors import ConfigError, Replayed, ReplayStoreError
 
 __all__ = ["ReplayGuard"]
 
+#: Blob ids looked up per statement (well below SQLite's limit on bound parameters).
+_LOOKUP_CHUNK: Final = 500
+
 #: How long a writer waits for another process's transaction before giving up, in seconds.
 DEFAULT_BUSY_TIMEOUT: Final = 10.0
 
@@ -263,7 +266,12 @@ class ReplayGuard:
             committer.join()
 
     def _commit(self, batch: list[_Request]) -> None:
-        """One transaction and one fsync for ``batch``; called with the commit lock held."""
+        """One transaction and one fsync for ``batch``; called with the commit lock held.
+
+        A fixed number of statements whatever the batch's size (prune, look up every id, insert
+        the new ones, commit): each statement lets go of the GIL and must take it back, which
+        costs a thread waiting behind a busy event loop far more than the statement itself.
+        """
         try:
             db = self._conn()
             db.execute("BEGIN IMMEDIATE")
@@ -272,8 +280,17 @@ class ReplayGuard:
                     "DELETE FROM consumed WHERE keep_until < ?",
                     (min(request.now for request in batch),),
                 )
+                # The write lock is held from BEGIN IMMEDIATE on: what is found here stays true
+                # until the commit.
+                known = self._known(db, [request.blob_id for request in batch])
+                rows: list[tuple[bytes, int]] = []
                 for request in batch:
-                    self._record(db, request)
+                    if request.blob_id in known:
+                        continue  # already consumed, possibly earlier in this very batch
+                    known.add(request.blob_id)
+                    rows.append((request.blob_id, request.keep_until))
+                    self._claim(request)
+                self._insert(db, rows)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -298,13 +315,30 @@ class ReplayGuard:
                 request.done = True
 
     @staticmethod
-    def _record(db: sqlite3.Connection, request: _Request) -> None:
-        inserted = db.execute(
-            "INSERT OR IGNORE INTO consumed (blob_id, keep_until) VALUES (?, ?)",
-            (request.blob_id, request.keep_until),
-        ).rowcount
-        if inserted != 1:
-            return  # already consumed, possibly earlier in this very batch
+    def _known(db: sqlite3.Connection, blob_ids: list[bytes]) -> set[bytes]:
+        """Which of ``blob_ids`` the database holds (a few statements for any number)."""
+        unique = list(dict.fromkeys(blob_ids))
+        found: set[bytes] = set()
+        for first in range(0, len(unique), _LOOKUP_CHUNK):
+            chunk = unique[first : first + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                bytes(row[0])
+                for row in db.execute(
+                    f"SELECT blob_id FROM consumed WHERE blob_id IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+            )
+        return found
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, rows: list[tuple[bytes, int]]) -> None:
+        if rows:
+            db.executemany("INSERT INTO consumed (blob_id, keep_until) VALUES (?, ?)", rows)
+
+    @staticmethod
+    def _claim(request: _Request) -> None:
+        """The new blob's claim, inside the transaction that records it."""
         if request.claim is not None:
             try:
                 request.claim()

@@ -189,3 +189,38 @@ def test_close_records_everything_submitted_first(tmp_path: Path) -> None:
         guard.submit(b"z" * 32, NOW + 60, now=NOW, done=outcomes.done(b"z" * 32))
     with ReplayGuard(path) as reopened:
         assert len(reopened) == 11
+
+
+def test_a_commit_runs_the_same_few_statements_for_any_number_of_blobs(tmp_path: Path) -> None:
+    """Each statement hands the GIL back and forth: a batch must not cost one per blob."""
+    outcomes = Outcomes()
+    entered, release = threading.Event(), threading.Event()
+    statements: list[str] = []
+    with ReplayGuard(tmp_path / "r.db") as guard:
+
+        def hold() -> None:
+            entered.set()
+            assert release.wait(30)
+
+        submit(guard, outcomes, b"0" * 32, claim=hold)
+        assert entered.wait(30)
+        ids = [index.to_bytes(2, "big") * 16 for index in range(1, 1201)]
+        for blob_id in ids:
+            submit(guard, outcomes, blob_id)
+        submit(guard, outcomes, ids[0])  # a duplicate within the batch
+        assert guard._db is not None
+        guard._db.set_trace_callback(statements.append)
+        release.set()
+        results = outcomes.wait(len(ids) + 2)
+        assert len(guard) == len(ids) + 1
+    recorded = [blob_id for blob_id, error in results[1:] if error is None]
+    assert sorted(recorded) == sorted(ids)
+    assert isinstance(results[-1][1], Replayed)
+    # The second commit: BEGIN, prune, three lookups of 500 ids at most, one insert of them all
+    # (which the trace shows row by row), COMMIT.
+    kinds = [statement.split()[0].upper() for statement in statements]
+    second = kinds[len(kinds) - 1 - kinds[::-1].index("BEGIN") :]
+    second = second[: second.index("COMMIT") + 1]
+    assert second.count("SELECT") == 3
+    assert second.count("DELETE") == second.count("COMMIT") == 1
+    assert second.count("INSERT") == len(ids)
