@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import ContextMismatch, Replayed, ReplayStoreError
-from gateway.replay import ReplayGuard
+from gateway.replay import WAL_RESERVE, ReplayGuard
 
 NOW = 1_800_000_000
 
@@ -224,3 +224,26 @@ def test_a_commit_runs_the_same_few_statements_for_any_number_of_blobs(tmp_path:
     assert second.count("SELECT") == 3
     assert second.count("DELETE") == second.count("COMMIT") == 1
     assert second.count("INSERT") == len(ids)
+
+
+def test_the_reserved_log_is_overwritten_not_extended(tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    wal = tmp_path / "r.db-wal"
+    with ReplayGuard(path) as guard:
+        guard.reserve_log()
+        reserved = wal.stat().st_size
+        assert reserved >= WAL_RESERVE
+        # Nothing of the reservation is left in the database.
+        assert len(guard) == 0
+        other = sqlite3.connect(path)
+        try:
+            tables = other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            assert [row[0] for row in tables] == ["consumed"]
+        finally:
+            other.close()
+        for index in range(300):
+            guard.consume(index.to_bytes(2, "big") * 16, NOW + 60, now=NOW)
+        # Three hundred commits later the log file has not grown: each commit wrote into
+        # blocks it already had.
+        assert wal.stat().st_size == reserved
+        assert len(guard) == 300

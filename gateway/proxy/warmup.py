@@ -107,6 +107,7 @@ async def warm_threads(count: int) -> None:
 
 
 def _warm_commit(guard: ReplayGuard) -> None:
+    guard.reserve_log()
     now = int(time.time())
     guard.consume(os.urandom(WARM_UP_BLOB_ID_SIZE), now - 1, now=now)
     # Already expired: pruned at once, so the database holds only real blobs.
