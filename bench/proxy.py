@@ -353,13 +353,15 @@ def write_config(
 
 
 def wait_healthy(host: Host, process: subprocess.Popen[bytes]) -> None:
-    """Until the proxy answers on its control socket; RuntimeError if it exited first."""
+    """Until the proxy answers on its control socket with its routes listening (it answers
+    during its warm-up already, before any port opens); RuntimeError if it exited first."""
     deadline = time.monotonic() + TIMEOUT
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"proxy exited: {(host.folder / 'proxy.log').read_text()}")
         with contextlib.suppress(OSError, ValueError):
-            if request(host.control, {"cmd": "health"}, timeout=1).get("ok"):
+            health = request(host.control, {"cmd": "health"}, timeout=1)
+            if health.get("ok") and health.get("routes"):
                 return
         if time.monotonic() > deadline:
             raise TimeoutError("proxy did not start")
