@@ -152,6 +152,23 @@ class MemoryReplayGuard(ReplayGuard):
     def __contains__(self, blob_id: object) -> bool:
         return blob_id in self.consumed
 
+    def submit(
+        self,
+        blob_id: bytes,
+        keep_until: int,
+        *,
+        now: int,
+        claim: Callable[[], None] | None = None,
+        done: Callable[[BaseException | None], None],
+    ) -> None:
+        """:meth:`consume` at once (no commit thread), its outcome handed to ``done``."""
+        try:
+            self.consume(blob_id, keep_until, now=now, claim=claim)
+        except Exception as error:
+            done(error)
+        else:
+            done(None)
+
     def __len__(self) -> int:
         return len(self.consumed)
 

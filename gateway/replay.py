@@ -13,6 +13,12 @@ is under way therefore share the next one (group commit): whoever takes the comm
 every request queued so far in one transaction, and each caller returns only once the
 transaction holding its own record is durable.
 
+A caller that must not block (an event loop) hands its record to :meth:`ReplayGuard.submit`
+instead: one long-lived commit thread per guard takes everything submitted since its last
+commit, records it all in one transaction and one fsync, then reports each request's outcome
+through the callback the caller gave (from that thread). :meth:`ReplayGuard.close` lets it
+finish what was submitted before it stops.
+
 Whoever can write the database can undo single use, so it is opened like the keyring: never
 through a symbolic link, owned by the running user, mode 0600 (created so), in a directory no
 other user can write to. A database that fails while checking or recording (locked past the busy
@@ -28,6 +34,7 @@ import os
 import sqlite3
 import stat
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +43,13 @@ from typing import Final
 from gateway.errors import ConfigError, Replayed, ReplayStoreError
 
 __all__ = ["ReplayGuard"]
+
+#: Bytes of write-ahead log reserved (:meth:`ReplayGuard.reserve_log`): a little more than
+#: SQLite's automatic checkpoint lets the log reach (1,000 pages of 4 KiB).
+WAL_RESERVE: Final = 5 << 20
+
+#: Blob ids looked up per statement (well below SQLite's limit on bound parameters).
+_LOOKUP_CHUNK: Final = 500
 
 #: How long a writer waits for another process's transaction before giving up, in seconds.
 DEFAULT_BUSY_TIMEOUT: Final = 10.0
@@ -52,18 +66,41 @@ CREATE INDEX IF NOT EXISTS consumed_keep_until ON consumed (keep_until);
 class _Request:
     """One consume call waiting for, or decided by, a commit."""
 
-    __slots__ = ("blob_id", "claim", "done", "error", "keep_until", "now", "recorded")
+    __slots__ = (
+        "blob_id",
+        "claim",
+        "done",
+        "error",
+        "keep_until",
+        "now",
+        "on_done",
+        "recorded",
+    )
 
     def __init__(
-        self, blob_id: bytes, keep_until: int, now: int, claim: Callable[[], None] | None
+        self,
+        blob_id: bytes,
+        keep_until: int,
+        now: int,
+        claim: Callable[[], None] | None,
+        on_done: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         self.blob_id = blob_id
         self.keep_until = keep_until
         self.now = now
         self.claim = claim
+        self.on_done = on_done
         self.done = False
         self.recorded = False
         self.error: BaseException | None = None
+
+    def outcome(self) -> BaseException | None:
+        """None once recorded; otherwise the error the caller raises."""
+        if self.error is not None:
+            return self.error
+        if not self.recorded:
+            return Replayed(f"blob {self.blob_id[:8].hex()}… was already opened")
+        return None
 
 
 def _copy_error(exc: BaseException) -> BaseException:
@@ -93,6 +130,11 @@ class ReplayGuard:
         #: Guards the queue of requests waiting for a commit (never held while waiting).
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
+        #: Requests for the commit thread (see :meth:`submit`), and its wake-up.
+        self._submitted: deque[_Request] = deque()
+        self._submitted_ready = threading.Condition(threading.Lock())
+        self._committer: threading.Thread | None = None
+        self._closing = False
         self._db: sqlite3.Connection | None = None
         try:
             # Create it owner-only before SQLite does: whoever can write this file can undo
@@ -161,13 +203,79 @@ class ReplayGuard:
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
                 self._commit(batch)
-        if request.error is not None:
-            raise request.error
-        if not request.recorded:
-            raise Replayed(f"blob {blob_id[:8].hex()}… was already opened")
+        error = request.outcome()
+        if error is not None:
+            raise error
+
+    def submit(
+        self,
+        blob_id: bytes,
+        keep_until: int,
+        *,
+        now: int,
+        claim: Callable[[], None] | None = None,
+        done: Callable[[BaseException | None], None],
+    ) -> None:
+        """:meth:`consume` without waiting: the guard's commit thread records the blob.
+
+        Returns at once. ``done`` is called exactly once, from the commit thread, after the
+        transaction holding the record is durable: with None when the blob was recorded now,
+        otherwise with the error :meth:`consume` would raise (Replayed, the claim's refusal, a
+        :class:`~gateway.errors.ReplayStoreError`). Everything submitted while a commit runs
+        shares the next one. ``claim`` means what it means for :meth:`consume`. It must be
+        quick and must not block, and neither may ``done``: they run on the commit thread
+        (an event loop's caller hands the outcome back with ``call_soon_threadsafe``).
+
+        Raises RuntimeError (and never calls ``done``) if the guard is closed or closing.
+        """
+        request = _Request(blob_id, keep_until, now, claim, done)
+        with self._submitted_ready:
+            if self._closing or self._db is None:
+                raise RuntimeError("replay guard is closed")
+            self._submitted.append(request)
+            if self._committer is None:
+                self._committer = threading.Thread(
+                    target=self._commit_loop, name="replay-commit", daemon=True
+                )
+                self._committer.start()
+            else:
+                self._submitted_ready.notify()
+
+    def _commit_loop(self) -> None:
+        """The commit thread: everything submitted so far in one commit, until closed."""
+        while True:
+            with self._submitted_ready:
+                while not self._submitted and not self._closing:
+                    self._submitted_ready.wait()
+                if not self._submitted:
+                    return  # closing, and nothing left to record
+                batch = list(self._submitted)
+                self._submitted.clear()
+            with self._lock, contextlib.suppress(Exception):
+                # A failed commit has set each request's error already.
+                self._commit(batch)
+            for request in batch:
+                if request.on_done is not None:
+                    # A failing callback is its caller's bug; it must not stop the others.
+                    with contextlib.suppress(Exception):
+                        request.on_done(request.outcome())
+
+    def _stop_committer(self) -> None:
+        """Let the commit thread record what was submitted, then end it."""
+        with self._submitted_ready:
+            self._closing = True
+            committer = self._committer
+            self._submitted_ready.notify()
+        if committer is not None and committer is not threading.current_thread():
+            committer.join()
 
     def _commit(self, batch: list[_Request]) -> None:
-        """One transaction and one fsync for ``batch``; called with the commit lock held."""
+        """One transaction and one fsync for ``batch``; called with the commit lock held.
+
+        A fixed number of statements whatever the batch's size (prune, look up every id, insert
+        the new ones, commit): each statement lets go of the GIL and must take it back, which
+        costs a thread waiting behind a busy event loop far more than the statement itself.
+        """
         try:
             db = self._conn()
             db.execute("BEGIN IMMEDIATE")
@@ -176,8 +284,17 @@ class ReplayGuard:
                     "DELETE FROM consumed WHERE keep_until < ?",
                     (min(request.now for request in batch),),
                 )
+                # The write lock is held from BEGIN IMMEDIATE on: what is found here stays true
+                # until the commit.
+                known = self._known(db, [request.blob_id for request in batch])
+                rows: list[tuple[bytes, int]] = []
                 for request in batch:
-                    self._record(db, request)
+                    if request.blob_id in known:
+                        continue  # already consumed, possibly earlier in this very batch
+                    known.add(request.blob_id)
+                    rows.append((request.blob_id, request.keep_until))
+                    self._claim(request)
+                self._insert(db, rows)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -202,13 +319,30 @@ class ReplayGuard:
                 request.done = True
 
     @staticmethod
-    def _record(db: sqlite3.Connection, request: _Request) -> None:
-        inserted = db.execute(
-            "INSERT OR IGNORE INTO consumed (blob_id, keep_until) VALUES (?, ?)",
-            (request.blob_id, request.keep_until),
-        ).rowcount
-        if inserted != 1:
-            return  # already consumed, possibly earlier in this very batch
+    def _known(db: sqlite3.Connection, blob_ids: list[bytes]) -> set[bytes]:
+        """Which of ``blob_ids`` the database holds (a few statements for any number)."""
+        unique = list(dict.fromkeys(blob_ids))
+        found: set[bytes] = set()
+        for first in range(0, len(unique), _LOOKUP_CHUNK):
+            chunk = unique[first : first + _LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(
+                bytes(row[0])
+                for row in db.execute(
+                    f"SELECT blob_id FROM consumed WHERE blob_id IN ({marks})",  # noqa: S608
+                    chunk,
+                )
+            )
+        return found
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, rows: list[tuple[bytes, int]]) -> None:
+        if rows:
+            db.executemany("INSERT INTO consumed (blob_id, keep_until) VALUES (?, ?)", rows)
+
+    @staticmethod
+    def _claim(request: _Request) -> None:
+        """The new blob's claim, inside the transaction that records it."""
         if request.claim is not None:
             try:
                 request.claim()
@@ -218,6 +352,35 @@ class ReplayGuard:
                 request.error = exc
                 return
         request.recorded = True
+
+    def reserve_log(self, size: int = WAL_RESERVE) -> None:
+        """Grow the write-ahead log to about ``size`` bytes now, then checkpoint it.
+
+        The log is reused from its start after a checkpoint and never shrinks, so later commits
+        overwrite blocks the file already has instead of extending it. An extending commit's
+        fsync must also commit the file system's journal, which other programs' writes (a
+        QEMU finishing a migration on the same disk) can hold for milliseconds; an overwriting
+        one only flushes its own blocks. Nothing of the reservation stays in the table.
+        """
+        with self._lock:
+            db = self._conn()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute("CREATE TABLE reserve (filler BLOB NOT NULL)")
+                    db.execute("INSERT INTO reserve VALUES (zeroblob(?))", (size,))
+                    db.execute("DROP TABLE reserve")
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
+                    raise
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            except sqlite3.Error as exc:
+                raise ReplayStoreError(
+                    f"replay database {self.path}: {type(exc).__name__}: {exc}"
+                ) from None
 
     def seen(self, blob_id: bytes, now: int) -> bool:
         """Whether ``blob_id`` is recorded and still kept at ``now`` (a read, no write)."""
@@ -258,6 +421,8 @@ class ReplayGuard:
             ).rowcount
 
     def close(self) -> None:
+        """Close the database, once the commit thread recorded everything submitted."""
+        self._stop_committer()
         with self._lock:
             if self._db is not None:
                 self._db.close()

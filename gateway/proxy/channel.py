@@ -19,10 +19,13 @@ import asyncio
 import functools
 import logging
 import sqlite3
+import threading
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from gateway import native
 from gateway.envelope import (
@@ -70,7 +73,14 @@ from gateway.spice.messages import (
     MigrateSwitchHost,
 )
 
-__all__ = ["AWAITED", "INLINE_SEAL_LIMIT", "Announcer", "ChannelHandler", "ProxyState"]
+__all__ = [
+    "AWAITED",
+    "INLINE_SEAL_LIMIT",
+    "Announcer",
+    "ChannelHandler",
+    "ProxyState",
+    "record",
+]
 
 #: Migration messages the proxy hands to :meth:`ChannelHandler.rewrite` (they may wait).
 AWAITED = (MigrateData, ClientMigrateData, MigrateBeginSeamless)
@@ -120,7 +130,12 @@ def client_address(peer: str) -> str:
     return host if sep else peer
 
 
-@functools.lru_cache(maxsize=1024)
+#: Expectations kept (a few hundred bytes each): one per VM and channel, and per pinned
+#: migration, so that an evacuation of hundreds of VMs at once builds each only once.
+EXPECTED_CONTEXTS = 16384
+
+
+@functools.lru_cache(maxsize=EXPECTED_CONTEXTS)
 def _expected_context(
     channel_type: ChannelType,
     channel_id: int,
@@ -144,6 +159,7 @@ def _expected_context(
     )
 
 
+@functools.lru_cache(maxsize=256)
 def _channel_name(channel_type: int) -> str:
     try:
         return ChannelType(channel_type).name.lower()
@@ -210,10 +226,12 @@ class ChannelHandler:
     async def rewrite(self, event: Message) -> bytes:
         """:meth:`forward` for a MIGRATE_DATA message, without holding up the event loop.
 
-        A real payload (tens of bytes to a few KiB) is sealed, or verified, on the loop: that
-        costs less than two thread hand-offs. Only what waits for the disk, the replay guard's
-        durable commit, goes to a thread, where the commits of blobs verified meanwhile share
-        one fsync. A large payload (pending device data) goes to a thread whole.
+        A real payload (tens of bytes to a few KiB) is sealed, or verified and re-encoded, on
+        the loop: that costs less than a thread hand-off. Only what waits for the disk, the
+        replay guard's durable commit, leaves it, for the guard's one commit thread, which
+        records every blob verified meanwhile (of any channel or session) in one transaction
+        and one fsync, and hands each outcome back to the loop; the native bytes exist only
+        after that. A large payload (pending device data) goes to a worker thread whole.
         """
         migration = event.migration
         if isinstance(migration, MigrateBeginSeamless):
@@ -234,7 +252,17 @@ class ChannelHandler:
                 if error.authentic_blob is not None:
                     await asyncio.to_thread(self._spend, error)
                 raise
-            return reframe(event, await asyncio.to_thread(self._accept, session, verified))
+            with session.lock:
+                session.recording += 1
+            try:
+                await self._record(session, verified)
+            except BaseException as error:
+                self._accepted(session, verified, error)
+                raise  # pragma: no cover - _accepted() raises
+            finally:
+                with session.lock:
+                    session.recording -= 1
+            return reframe(event, self._accepted(session, verified, None))
         return self.forward(event)
 
     def refuse(self, reason: str, error: GatewayError) -> None:
@@ -418,26 +446,34 @@ class ChannelHandler:
             if done:
                 session.completed = True
         self.state.metrics.inc("smg_sealed_total", channel=_channel_name(self.channel_type))
-        audit(
-            "blob_sealed",
-            f"sealed {self.channel} of route {self.route.name}",
-            route=self.route.name,
-            vm=str(self.route.vm_id),
-            channel=self.channel,
-            migration=str(migration_id),
-            target=target_host,
-            native_bytes=len(payload),
-            sealed_bytes=len(blob),
-        )
-        if done:
-            audit(
-                "migration_sealed",
-                f"every channel of migration {migration_id} sealed on route {self.route.name}",
+        # The records wait until the sealed blob is on its way to the client.
+        _after(
+            functools.partial(
+                audit,
+                "blob_sealed",
+                f"sealed {self.channel} of route {self.route.name}",
                 route=self.route.name,
                 vm=str(self.route.vm_id),
+                channel=self.channel,
                 migration=str(migration_id),
                 target=target_host,
-                channels=len(session.sealed),
+                native_bytes=len(payload),
+                sealed_bytes=len(blob),
+            )
+        )
+        if done:
+            _after(
+                functools.partial(
+                    audit,
+                    "migration_sealed",
+                    f"every channel of migration {migration_id} sealed on route "
+                    f"{self.route.name}",
+                    route=self.route.name,
+                    vm=str(self.route.vm_id),
+                    migration=str(migration_id),
+                    target=target_host,
+                    channels=len(session.sealed),
+                )
             )
         return blob
 
@@ -601,17 +637,40 @@ class ChannelHandler:
     def _accept(self, session: Session, verified: Verified) -> bytes:
         """The durable replay record (waits for the disk), then the native bytes."""
         try:
-            try:
-                opened = verified.consume(
-                    self.state.replay_guard, claim=self._claim(session, verified)
-                )
-            except (sqlite3.Error, RuntimeError) as failure:
-                # The guard reports its own failures as ReplayStoreError; anything else from
-                # the database is one too: single use cannot be guaranteed without the record.
-                raise ReplayStoreError(
-                    f"{self.channel}: the replay database failed ({type(failure).__name__}); "
-                    "blob refused"
-                ) from None
+            verified.consume(self.state.replay_guard, claim=self._claim(session, verified))
+        except BaseException as error:
+            return self._accepted(session, verified, error)
+        return self._accepted(session, verified, None)
+
+    async def _record(self, session: Session, verified: Verified) -> None:
+        """The durable replay record of ``verified``, by the guard's commit thread, awaited on
+        the loop (raises what :meth:`ReplayGuard.consume` would)."""
+        await record(
+            self.state.replay_guard,
+            verified.blob_id,
+            verified.keep_until,
+            now=verified.checked_at,
+            claim=self._claim(session, verified),
+        )
+
+    def _accepted(
+        self, session: Session, verified: Verified, failure: BaseException | None
+    ) -> bytes:
+        """After the replay record of ``verified`` (``failure`` None) or its failure: the native
+        bytes for spice-server, or the refusal, audited."""
+        try:
+            if failure is not None:
+                if isinstance(failure, sqlite3.Error | RuntimeError):
+                    # The guard reports its own failures as ReplayStoreError; anything else
+                    # from the database is one too: single use cannot be guaranteed without
+                    # the record.
+                    raise ReplayStoreError(
+                        f"{self.channel}: the replay database failed ({type(failure).__name__}); "
+                        "blob refused"
+                    ) from None
+                raise failure
+            # Recorded: what the blob holds may be acted on now (the guard is not asked again).
+            opened = verified.consume(_RECORDED)
             native_payload = native.encode(
                 opened.state,
                 self.channel_type,
@@ -631,26 +690,130 @@ class ChannelHandler:
             raise  # pragma: no cover - refuse() raises
         name = _channel_name(self.channel_type)
         self.state.metrics.inc("smg_opened_total", channel=name)
-        audit(
-            "blob_accepted",
-            f"accepted {self.channel} of route {self.route.name}",
-            route=self.route.name,
-            vm=str(self.route.vm_id),
-            channel=self.channel,
-            migration=str(session.migration_id),
-            source=opened.context.source_host,
-            native_bytes=len(native_payload),
+        # The records of an acceptance wait until the native bytes are on their way.
+        _after(
+            functools.partial(
+                audit,
+                "blob_accepted",
+                f"accepted {self.channel} of route {self.route.name}",
+                route=self.route.name,
+                vm=str(self.route.vm_id),
+                channel=self.channel,
+                migration=str(session.migration_id),
+                source=opened.context.source_host,
+                native_bytes=len(native_payload),
+            )
         )
         if done:
             self.state.metrics.inc("smg_migrations_completed_total")
-            audit(
-                "migration_accepted",
-                f"every channel of migration {session.migration_id} accepted on route "
-                f"{self.route.name}",
-                route=self.route.name,
-                vm=str(self.route.vm_id),
-                migration=str(session.migration_id),
-                channels=len(session.accepted),
-                channel_list=sorted(f"{_channel_name(t)}:{i}" for t, i in session.accepted),
+            _after(
+                functools.partial(
+                    audit,
+                    "migration_accepted",
+                    f"every channel of migration {session.migration_id} accepted on route "
+                    f"{self.route.name}",
+                    route=self.route.name,
+                    vm=str(self.route.vm_id),
+                    migration=str(session.migration_id),
+                    channels=len(session.accepted),
+                    channel_list=sorted(f"{_channel_name(t)}:{i}" for t, i in session.accepted),
+                )
             )
         return native_payload
+
+
+async def record(
+    guard: ReplayGuard,
+    blob_id: bytes,
+    keep_until: int,
+    *,
+    now: int,
+    claim: Callable[[], None] | None = None,
+) -> None:
+    """:meth:`ReplayGuard.consume` awaited on the event loop: the guard's commit thread
+    records the blob (with whatever else was submitted meanwhile) and hands the outcome back.
+    Raises what ``consume`` would; the loop never waits for the disk."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    outcomes = _Outcomes.of(loop)
+    guard.submit(
+        blob_id,
+        keep_until,
+        now=now,
+        claim=claim,
+        done=functools.partial(outcomes.put, future),
+    )
+    await future
+
+
+class _Outcomes:
+    """Commit outcomes on their way from the commit thread to one event loop: the outcomes of
+    one commit wake the loop once, not once per blob."""
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outcomes] = (
+        weakref.WeakKeyDictionary()
+    )
+    _by_loop_lock = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.pending: list[tuple[asyncio.Future[None], BaseException | None]] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Outcomes:
+        with cls._by_loop_lock:
+            found = cls._by_loop.get(loop)
+            if found is None:
+                found = cls._by_loop[loop] = cls(loop)
+            return found
+
+    def put(self, future: asyncio.Future[None], error: BaseException | None) -> None:
+        """On the commit thread: queue ``future``'s outcome; the first of a run wakes the loop."""
+        with self.lock:
+            self.pending.append((future, error))
+            if len(self.pending) > 1:
+                return  # a wake-up is on its way already
+        self.loop.call_soon_threadsafe(self.settle)
+
+    def settle(self) -> None:
+        """On the loop: complete every future whose outcome came."""
+        with self.lock:
+            pending, self.pending = self.pending, []
+        for future, error in pending:
+            if future.done():
+                continue  # the waiting channel was cancelled (closed) meanwhile
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+
+def _after(record: Callable[[], object]) -> None:
+    """Write ``record`` once the caller's current step is done (on the event loop: its next
+    turn, after the bytes just decided were handed to the socket); at once in a thread."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        record()
+    else:
+        loop.call_soon(record)
+
+
+class _Recorded:
+    """Stands in for the replay guard once the guard's commit thread recorded a blob: the
+    blob's :meth:`Verified.consume` then only hands over what was opened."""
+
+    def consume(
+        self,
+        blob_id: bytes,
+        keep_until: int,
+        *,
+        now: int,
+        claim: Callable[[], None] | None = None,
+    ) -> None:
+        return None
+
+
+#: See :class:`_Recorded`; typed as the guard it stands in for.
+_RECORDED = cast(ReplayGuard, _Recorded())

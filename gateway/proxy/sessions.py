@@ -65,6 +65,9 @@ class Session:
     sealed: set[ChannelKey] = field(default_factory=set)
     #: This host's part of the current migration is done (see ``in_flight``).
     completed: bool = False
+    #: Target side: blobs verified and handed to the replay guard's commit thread, not yet
+    #: decided (each may pin the migration id when it is recorded).
+    recording: int = 0
     connections: int = 0
     #: Guards the sets and flags above; held only briefly, also on the event loop.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -84,11 +87,12 @@ class Session:
         """A migration started here (as source or target) and not yet finished.
 
         ``completed`` is set on the source once every linked data channel was sealed, on the
-        target once every one was accepted.
+        target once every one was accepted. On the target a blob being recorded counts: its
+        commit may pin the migration id at any moment.
         """
         if self.completed:
             return False
-        return self.migration_id is not None or bool(self.accepted)
+        return self.migration_id is not None or bool(self.accepted) or self.recording > 0
 
 
 class SessionTable:

@@ -10,8 +10,9 @@ before the proxy serves, on throwaway material:
 - every bundled sample payload is decoded, sealed under a fresh throwaway key, verified and
   encoded back (on the event loop, as the proxy does for real payloads);
 - the loop's worker threads that one migration's channels use at once are started;
-- the replay guard commits one record in a worker thread, then prunes it: a random id of a
-  length no real blob id has, already expired.
+- the replay guard's commit thread (which records the blobs the proxy opens) is started with
+  one record, and one record is committed from a worker thread; then both are pruned: random
+  ids of a length no real blob id has, already expired.
 
 Nothing here touches the proxy's keys or sessions, and a failing step only costs its speed-up:
 it is logged and the proxy starts anyway.
@@ -32,6 +33,7 @@ from gateway import native
 from gateway.envelope import Context, ExpectedContext, seal, verify
 from gateway.errors import GatewayError
 from gateway.keys import Keyring
+from gateway.proxy.channel import record
 from gateway.proxy.sessions import DATA_CHANNELS
 from gateway.replay import ReplayGuard
 from gateway.service.logs import log
@@ -105,6 +107,7 @@ async def warm_threads(count: int) -> None:
 
 
 def _warm_commit(guard: ReplayGuard) -> None:
+    guard.reserve_log()
     now = int(time.time())
     guard.consume(os.urandom(WARM_UP_BLOB_ID_SIZE), now - 1, now=now)
     # Already expired: pruned at once, so the database holds only real blobs.
@@ -116,6 +119,8 @@ async def warm_up(guard: ReplayGuard) -> None:
     try:
         warm_codecs()
         await warm_threads(len(DATA_CHANNELS))
+        now = int(time.time())
+        await record(guard, os.urandom(WARM_UP_BLOB_ID_SIZE), now - 1, now=now)
         await asyncio.to_thread(_warm_commit, guard)
     except (GatewayError, OSError, RuntimeError, ValueError, sqlite3.Error) as error:
         log(logging.WARNING, "warm-up failed; the first migration pays it", error=str(error))
