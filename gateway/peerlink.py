@@ -346,7 +346,10 @@ def decode_announcement(frame: bytes) -> Announcement:
 
 
 def decode_verdict(frame: bytes) -> Verdict:
-    _, body = _split(frame, Kind.VERDICT)
+    suite, body = _split(frame, Kind.VERDICT)
+    if suite is not Suite.SHARED_KEYRING:
+        # A verdict is the same in every suite and always written as suite 1: one encoding.
+        raise MalformedInput(f"peer link: a verdict names suite {suite.value}, not 1")
     cursor = _cursor(body, "verdict")
     status = cursor.uint(1, "status")
     if status > 1:

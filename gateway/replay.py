@@ -383,10 +383,15 @@ class ReplayGuard:
                 ) from None
 
     def seen(self, blob_id: bytes, now: int) -> bool:
-        """Whether ``blob_id`` is recorded and still kept at ``now`` (a read, no write)."""
+        """Whether ``blob_id`` is recorded and still kept at ``now`` (a read, no write).
+
+        A closed guard cannot answer: that is a store failure to the opener (ReplayStoreError),
+        which refuses the blob, not an internal error."""
         with self._lock:
+            if self._db is None:
+                raise ReplayStoreError(f"replay database {self.path} is closed")
             try:
-                row = self._conn().execute(
+                row = self._db.execute(
                     "SELECT 1 FROM consumed WHERE blob_id = ? AND keep_until >= ?",
                     (blob_id, now),
                 ).fetchone()

@@ -486,3 +486,13 @@ def test_a_key_share_moved_into_another_hello_is_not_answered(
     with pytest.raises(AuthenticationFailed):
         source.receive(challenge)
     assert source.attempt_key is None
+
+
+def test_a_verdict_is_refused_under_any_suite_but_the_one_it_is_written_in() -> None:
+    """Verdicts are written as suite 1 whatever the link's suite: one encoding, so a frame
+    naming suite 2 is not a verdict (it was decoded as one before)."""
+    frame = bytearray(peerlink.encode_verdict(peerlink.Verdict(True, "ok")))
+    assert peerlink.decode_verdict(bytes(frame)) == peerlink.Verdict(True, "ok")
+    frame[peerlink.HEADER_SIZE - 6] = peerlink.Suite.IDENTITY
+    with pytest.raises(MalformedInput, match="suite 2"):
+        peerlink.decode_verdict(bytes(frame))

@@ -11,14 +11,18 @@ from typing import Any
 
 import pytest
 
+from gateway import native
 from gateway.envelope import HEADER_SIZE, read_header
 from gateway.errors import ConfigError
 from gateway.keys import load_keyring
+from gateway.proxy import channel as channel_module
 from gateway.proxy.server import ProxyServer
 from gateway.service.control import ControlServer, request
 from gateway.spice.constants import ChannelType
 from gateway.spice.messages import encode_data_message
 from gateway.spice.scripted import client_link
+from schemas import CharDeviceState, UsbredirState
+from schemas.streams import usbredir_packet
 from tests.vectors.envelope import reference
 
 from .conftest import LogRecords, Proxies, Rig, free_port
@@ -26,6 +30,7 @@ from .peers import ClientSession, bounded, link_client
 
 MAIN = (ChannelType.MAIN, 0)
 DISPLAY = (ChannelType.DISPLAY, 0)
+USBREDIR = (ChannelType.USBREDIR, 0)
 
 
 async def control(path: str | Path, command: str) -> dict[str, Any]:
@@ -228,6 +233,45 @@ async def test_a_refused_blob_the_replay_store_cannot_record_is_still_a_clean_re
         assert unrecorded["error"] == "RuntimeError"
         (closing,) = logs.messages("closing channel")
         assert closing["error"] == event["error"]
+
+
+async def test_a_large_blob_the_closed_replay_store_cannot_look_up_is_a_clean_refusal(
+    proxies: Proxies, logs: LogRecords
+) -> None:
+    """A blob past the inline limit is looked up in the guard before it is decrypted; a closed
+    guard is a replay-store refusal there too, not an internal error."""
+    data = bytes(range(256)) * 240
+    pending = b"".join(
+        usbredir_packet(101, struct.pack("<BBHIH", 0x81, 0, len(data), 0, 0), data, i)
+        for i in range(2)
+    )
+    state = UsbredirState(
+        device=CharDeviceState(
+            connected=True,
+            num_client_tokens=1,
+            num_send_tokens=1,
+            write_size=len(pending),
+            write_num_client_tokens=2,
+            write_data=pending,
+        )
+    )
+    payload = native.encode(state, ChannelType.USBREDIR)
+    assert len(payload) > channel_module.INLINE_SEAL_LIMIT
+    async with proxies.pair() as rig:
+        session = rig.session(0x9A03, channels=[MAIN, USBREDIR])
+        await prepare(session)
+        blob = await session.receive_blob(USBREDIR, payload)
+        rig.target_proxy.replay_guard.close()
+        await session.relay(USBREDIR, blob)
+        legs = session.leg(USBREDIR)
+        assert legs.server_target is not None
+        assert await legs.server_target.frames_until_closed() == []
+        (event,) = logs.audit("channel_refused", route="vm")
+        assert event["reason"] == "replay_store"
+        assert event["error"] == "ReplayStoreError"
+        assert not logs.messages("internal error; closing channel")
+        metrics = rig.target_proxy.metrics
+        assert metrics.get("smg_refused_total", reason="replay_store", channel="usbredir") == 1
 
 
 # --- finding 6: connection limits per route and per client, one memory budget -------------------
