@@ -332,6 +332,9 @@ class ProxyServer:
         #: Migration messages being sealed or opened in a worker thread right now.
         self.rewriting = 0
         self._stopping = asyncio.Event()
+        #: Set once every route listens: until then health says "starting" (the control socket
+        #: and /healthz answer during the warm-up, before any port is open).
+        self._serving = False
         self.started = time.time()
 
     @property
@@ -371,10 +374,15 @@ class ProxyServer:
                 raise ConfigError(
                     f"peer_listen {self.config.peer_listen}: cannot listen: {os_reason(error)}"
                 ) from None
+        self._serving = True
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "stopping" if self._stopping.is_set() else "serving",
+            "status": "stopping"
+            if self._stopping.is_set()
+            else "serving"
+            if self._serving
+            else "starting",
             "host_id": self.config.host_id,
             "routes": {name: f"{h}:{p}" for name, (h, p) in self.addresses.items()},
             "connections": len(self._connections),

@@ -2,7 +2,7 @@
 
 Each request is one JSON object on one line, each answer likewise::
 
-    {"cmd": "health"}   -> {"ok": true, "status": "serving", ...}
+    {"cmd": "health"}   -> {"ok": true, "status": "serving", ...}  (or "starting", "stopping")
     {"cmd": "metrics"}  -> {"ok": true, "metrics": {"name{labels}": value, ...}}
     {"cmd": "prometheus"} -> {"ok": true, "text": "# TYPE ..."}
     {"cmd": "reload"}   -> {"ok": true, "keys": N}      (re-reads the keyring, like SIGHUP)

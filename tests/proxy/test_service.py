@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import GatewayError, ProtocolError, TooLarge
+from gateway.proxy import server as server_module
 from gateway.proxy.config import parse_config
 from gateway.proxy.server import ProxyServer
 from gateway.service import http as http_module
@@ -355,3 +356,52 @@ def test_oversized_and_bit_flipped_request_heads() -> None:
             assert method.isupper()
             assert path.startswith("/")
             assert "?" not in path
+
+
+async def test_health_says_starting_until_every_route_listens(
+    tmp_path: Path, keyring_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /healthz answers during the warm-up, before any route's port is open: a load balancer or
+    # an orchestrator polling it must not send a migration to a proxy that cannot take it yet.
+    port, metrics_port = free_port(), free_port()
+    text = config_toml(
+        host_id="host-a",
+        keyring=keyring_path,
+        replay_db=tmp_path / "replay.sqlite",
+        routes=[
+            {
+                "name": "vm",
+                "listen": f"127.0.0.1:{port}",
+                "upstream": f"127.0.0.1:{free_port()}",
+                "vm_id": str(uuid.uuid4()),
+            }
+        ],
+        limits=TEST_LIMITS,
+    )
+    text = f'metrics_listen = "127.0.0.1:{metrics_port}"\n' + text
+    warming, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_warm_up(guard: object) -> None:
+        warming.set()
+        await release.wait()
+
+    monkeypatch.setattr(server_module, "warm_up", slow_warm_up)
+    proxy = ProxyServer(parse_config(text.encode()))
+    starting = asyncio.create_task(proxy.start())
+    try:
+        await asyncio.wait_for(warming.wait(), 10)
+        assert proxy.health()["status"] == "starting"
+        assert proxy.health()["routes"] == {}
+        status, _, body = await http(("127.0.0.1", metrics_port), get("/healthz"))
+        assert (status, json.loads(body)["status"]) == (503, "starting")
+        release.set()
+        await starting
+        assert proxy.health()["status"] == "serving"
+        status, _, body = await http(("127.0.0.1", metrics_port), get("/healthz"))
+        assert (status, json.loads(body)["status"]) == (200, "serving")
+    finally:
+        release.set()
+        if not starting.done():
+            starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await proxy.stop()
