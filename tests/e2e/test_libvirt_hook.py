@@ -118,11 +118,14 @@ class Libvirt:
         self.domains: list[str] = []
 
     def start(self) -> None:
+        # A fresh machine may lack a mount point (systemd-tmpfiles makes /run/libvirt when the
+        # packaged service starts; nothing here starts it): make it, as that would.
         mounts = "".join(
-            f"mount --bind '{copy}' '{path}' && " for path, copy in self.sources.items()
+            f"mkdir -p '{path}'; mount --bind '{copy}' '{path}'; "
+            for path, copy in self.sources.items()
         )
         script = (
-            f"set -e; {mounts} true; "
+            f"set -e; {mounts}"
             f"virtlogd & echo $! > '{self.virtlogd_pid}'; "
             "exec libvirtd --pid-file /run/libvirt/libvirtd-test.pid"
         )
