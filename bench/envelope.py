@@ -82,6 +82,7 @@ class NullGuard(ReplayGuard):
         keep_until: int,
         *,
         now: int,
+        issued_at: int | None = None,
         claim: Callable[[], None] | None = None,
     ) -> None:
         return None

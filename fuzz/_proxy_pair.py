@@ -132,6 +132,7 @@ class MemoryReplayGuard(ReplayGuard):
         keep_until: int,
         *,
         now: int,
+        issued_at: int | None = None,
         claim: Callable[[], None] | None = None,
     ) -> None:
         self._fail(True)
@@ -158,6 +159,7 @@ class MemoryReplayGuard(ReplayGuard):
         keep_until: int,
         *,
         now: int,
+        issued_at: int | None = None,
         claim: Callable[[], None] | None = None,
         done: Callable[[BaseException | None], None],
     ) -> None:

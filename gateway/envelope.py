@@ -810,7 +810,13 @@ class Verified:
         if it raises, the blob stays recorded (it is authentic: used once, accepted or refused)
         and this raises its error.
         """
-        replay_guard.consume(self.blob_id, self.keep_until, now=self.checked_at, claim=claim)
+        replay_guard.consume(
+            self.blob_id,
+            self.keep_until,
+            now=self.checked_at,
+            issued_at=self.issued_at,
+            claim=claim,
+        )
         return self._opened
 
 

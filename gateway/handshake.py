@@ -678,7 +678,10 @@ def direct_accept(
         raise MalformedInput(f"direct offer: the attempt secret is {len(secret)} bytes")
     attempt = _attempt(parsed, transcript_hash(b"", parsed.signed), secret, clock)
     replay_guard.consume(
-        attempt.transcript_hash, parsed.issued_at + max_age + 2 * clock_skew, now=clock
+        attempt.transcript_hash,
+        parsed.issued_at + max_age + 2 * clock_skew,
+        now=clock,
+        issued_at=parsed.issued_at,
     )
     return parsed.announcement, attempt
 

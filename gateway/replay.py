@@ -2,20 +2,29 @@
 
 A blob id is recorded in the same ``BEGIN IMMEDIATE`` transaction that checks it, so two
 processes opening the same blob at once cannot both succeed: SQLite's write lock serialises
-them and the second finds the row. ``synchronous=FULL`` in WAL mode makes the commit durable
-before :meth:`ReplayGuard.consume` returns, so a crash (even SIGKILL or power loss) right after
-a successful open cannot forget the blob. Rows are kept until the blob could no longer pass the
-expiry check anyway, then pruned.
+them and the second finds the row. Rows are kept until the blob could no longer pass the expiry
+check anyway, then pruned.
 
-The commit waits for the disk (an fsync, about a millisecond), which would make the channels of
-one migration wait for each other. Threads that call :meth:`~ReplayGuard.consume` while a commit
-is under way therefore share the next one (group commit): whoever takes the commit lock records
-every request queued so far in one transaction, and each caller returns only once the
-transaction holding its own record is durable.
+Durability without an fsync per blob. A commit in WAL mode with ``synchronous=NORMAL`` has
+reached the kernel when :meth:`ReplayGuard.consume` returns: it survives the death of any
+process (SIGKILL included), but not a crash of the operating system. That is the only way to
+lose a record, and it changes the system's boot id. So the guard writes the boot id into the
+database and, opening a database last written in another boot, takes the time as
+:attr:`~ReplayGuard.forgotten_before`: a blob issued before then (plus the largest clock skew)
+may have been recorded in a commit the crash lost, and is refused as
+:class:`~gateway.errors.Replayed`. Every record the database holds is still honoured. Where the
+system has no boot id, every commit is an fsync (``synchronous=FULL``) instead. An fsync costs
+about a millisecond, several when other programs write the same disk; the page cache write
+costs microseconds, and both are on a migration's critical path.
+
+Threads that call :meth:`~ReplayGuard.consume` while a commit is under way share the next one
+(group commit): whoever takes the commit lock records every request queued so far in one
+transaction, and each caller returns only once the transaction holding its own record is
+committed.
 
 A caller that must not block (an event loop) hands its record to :meth:`ReplayGuard.submit`
 instead: one long-lived commit thread per guard takes everything submitted since its last
-commit, records it all in one transaction and one fsync, then reports each request's outcome
+commit, records it all in one transaction, then reports each request's outcome
 through the callback the caller gave (from that thread). :meth:`ReplayGuard.close` lets it
 finish what was submitted before it stops.
 
@@ -34,6 +43,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +52,14 @@ from typing import Final
 
 from gateway.errors import ConfigError, Replayed, ReplayStoreError
 
-__all__ = ["ReplayGuard"]
+__all__ = ["FORGOTTEN_SKEW", "ReplayGuard", "boot_id"]
+
+#: Where the operating system says which boot this is (Linux); it changes at every start.
+BOOT_ID_FILE: Final = Path("/proc/sys/kernel/random/boot_id")
+
+#: The largest clock skew any opener may allow (``gateway.envelope.MAX_CLOCK_SKEW``): a blob
+#: consumed just before a crash may carry an issued-at this far past the target's clock.
+FORGOTTEN_SKEW: Final = 300
 
 #: Bytes of write-ahead log reserved (:meth:`ReplayGuard.reserve_log`): a little more than
 #: SQLite's automatic checkpoint lets the log reach (1,000 pages of 4 KiB).
@@ -60,7 +77,20 @@ CREATE TABLE IF NOT EXISTS consumed (
     keep_until INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS consumed_keep_until ON consumed (keep_until);
+CREATE TABLE IF NOT EXISTS boot (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    boot_id TEXT NOT NULL,
+    forgotten_before INTEGER
+);
 """
+
+
+def boot_id() -> str | None:
+    """This boot of the operating system, or None where the system does not say."""
+    try:
+        return BOOT_ID_FILE.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 class _Request:
@@ -136,6 +166,11 @@ class ReplayGuard:
         self._committer: threading.Thread | None = None
         self._closing = False
         self._db: sqlite3.Connection | None = None
+        #: Blobs issued before this time (Unix seconds, plus FORGOTTEN_SKEW) may have been
+        #: recorded in commits an operating-system crash lost; None when nothing can be lost.
+        self.forgotten_before: int | None = None
+        #: Whether every commit waits for the disk (no boot id to fall back on).
+        self.fsync_each_commit = True
         try:
             # Create it owner-only before SQLite does: whoever can write this file can undo
             # single use. SQLite gives the -wal and -shm files the same mode.
@@ -162,10 +197,43 @@ class ReplayGuard:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            self._check_boot(db, boot_id())
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if not self.fsync_each_commit:
+            db.execute("PRAGMA synchronous = NORMAL")
+
+    def _check_boot(self, db: sqlite3.Connection, boot: str | None) -> None:
+        """Note this boot in the database; after another boot, what may have been forgotten."""
+        row = db.execute("SELECT boot_id, forgotten_before FROM boot").fetchone()
+        forgotten = None if row is None else row[1]
+        if boot is not None and row is not None and row[0] != boot:
+            # Written in another boot: its last commits reached the kernel, maybe not the disk.
+            # Only this file's own writers set the mark, so it never moves back.
+            forgotten = max(forgotten or 0, int(time.time()))
+        if boot is not None and (row is None or row[0] != boot):
+            db.execute(
+                "INSERT OR REPLACE INTO boot (one, boot_id, forgotten_before) VALUES (1, ?, ?)",
+                (boot, forgotten),
+            )
+        self.forgotten_before = forgotten
+        self.fsync_each_commit = boot is None
+
+    def _vouch(self, blob_id: bytes, issued_at: int | None) -> None:
+        """Raise Replayed for a blob this database cannot vouch for: one issued before an
+        operating-system crash that may have lost its record (see forgotten_before)."""
+        forgotten = self.forgotten_before
+        if (
+            issued_at is not None
+            and forgotten is not None
+            and issued_at <= forgotten + FORGOTTEN_SKEW
+        ):
+            raise Replayed(
+                f"blob {blob_id[:8].hex()}… was issued before this host's replay database "
+                "was reopened after a restart of the system (a record of it may be lost)"
+            )
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -178,12 +246,15 @@ class ReplayGuard:
         keep_until: int,
         *,
         now: int,
+        issued_at: int | None = None,
         claim: Callable[[], None] | None = None,
     ) -> None:
         """Record ``blob_id`` as used until ``keep_until`` (Unix seconds) or raise Replayed.
 
-        Returns only after the record is durable. Rows whose time has passed at ``now`` are
-        pruned in the same transaction.
+        Returns only after the record is committed (see the module's note on durability).
+        Rows whose time has passed at ``now`` are pruned in the same transaction. A blob with an
+        ``issued_at`` this database cannot vouch for (issued before a system restart that may
+        have lost records) is refused as Replayed, and nothing is recorded.
 
         ``claim``, if given, is called once the blob id is known to be new, inside the
         transaction that records it and before any later request of the same commit: the place
@@ -194,6 +265,7 @@ class ReplayGuard:
         with a :class:`~gateway.errors.ReplayStoreError` (the commit's failure) and records
         nothing, but a claim already made stands.
         """
+        self._vouch(blob_id, issued_at)
         request = _Request(blob_id, keep_until, now, claim)
         with self._queue_lock:
             self._queue.append(request)
@@ -213,21 +285,24 @@ class ReplayGuard:
         keep_until: int,
         *,
         now: int,
+        issued_at: int | None = None,
         claim: Callable[[], None] | None = None,
         done: Callable[[BaseException | None], None],
     ) -> None:
         """:meth:`consume` without waiting: the guard's commit thread records the blob.
 
         Returns at once. ``done`` is called exactly once, from the commit thread, after the
-        transaction holding the record is durable: with None when the blob was recorded now,
+        transaction holding the record is committed: with None when the blob was recorded now,
         otherwise with the error :meth:`consume` would raise (Replayed, the claim's refusal, a
         :class:`~gateway.errors.ReplayStoreError`). Everything submitted while a commit runs
         shares the next one. ``claim`` means what it means for :meth:`consume`. It must be
         quick and must not block, and neither may ``done``: they run on the commit thread
         (an event loop's caller hands the outcome back with ``call_soon_threadsafe``).
 
-        Raises RuntimeError (and never calls ``done``) if the guard is closed or closing.
+        Raises RuntimeError (and never calls ``done``) if the guard is closed or closing, and
+        Replayed, at once, for an ``issued_at`` :meth:`consume` would refuse.
         """
+        self._vouch(blob_id, issued_at)
         request = _Request(blob_id, keep_until, now, claim, done)
         with self._submitted_ready:
             if self._closing or self._db is None:
@@ -270,7 +345,7 @@ class ReplayGuard:
             committer.join()
 
     def _commit(self, batch: list[_Request]) -> None:
-        """One transaction and one fsync for ``batch``; called with the commit lock held.
+        """One transaction for ``batch``; called with the commit lock held.
 
         A fixed number of statements whatever the batch's size (prune, look up every id, insert
         the new ones, commit): each statement lets go of the GIL and must take it back, which

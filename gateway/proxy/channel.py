@@ -227,10 +227,10 @@ class ChannelHandler:
         """:meth:`forward` for a MIGRATE_DATA message, without holding up the event loop.
 
         A real payload (tens of bytes to a few KiB) is sealed, or verified and re-encoded, on
-        the loop: that costs less than a thread hand-off. Only what waits for the disk, the
-        replay guard's durable commit, leaves it, for the guard's one commit thread, which
-        records every blob verified meanwhile (of any channel or session) in one transaction
-        and one fsync, and hands each outcome back to the loop; the native bytes exist only
+        the loop: that costs less than a thread hand-off. Only what may wait for the disk, the
+        replay guard's commit, leaves it, for the guard's one commit thread, which records
+        every blob verified meanwhile (of any channel or session) in one transaction, and
+        hands each outcome back to the loop; the native bytes exist only
         after that. A large payload (pending device data) goes to a worker thread whole.
         """
         migration = event.migration
@@ -650,6 +650,7 @@ class ChannelHandler:
             verified.blob_id,
             verified.keep_until,
             now=verified.checked_at,
+            issued_at=verified.issued_at,
             claim=self._claim(session, verified),
         )
 
@@ -728,6 +729,7 @@ async def record(
     keep_until: int,
     *,
     now: int,
+    issued_at: int | None = None,
     claim: Callable[[], None] | None = None,
 ) -> None:
     """:meth:`ReplayGuard.consume` awaited on the event loop: the guard's commit thread
@@ -740,6 +742,7 @@ async def record(
         blob_id,
         keep_until,
         now=now,
+        issued_at=issued_at,
         claim=claim,
         done=functools.partial(outcomes.put, future),
     )
@@ -810,6 +813,7 @@ class _Recorded:
         keep_until: int,
         *,
         now: int,
+        issued_at: int | None = None,
         claim: Callable[[], None] | None = None,
     ) -> None:
         return None

@@ -194,3 +194,17 @@ async def test_a_replayed_first_blob_pins_nothing(target: Target) -> None:
         migrate_data(target.blob(ChannelType.INPUTS, fresh))
     )
     assert display.session.migration_id == fresh
+
+
+async def test_a_blob_issued_before_a_system_restart_is_refused(target: Target) -> None:
+    # The guard's database was last written in another boot: it cannot vouch for blobs issued
+    # before it was reopened (their records may be lost), so the proxy hands it each blob's
+    # issued-at (tests/test_replay_boot.py has the rule itself).
+    target.guard.forgotten_before = int(time.time())
+    blob = target.blob(ChannelType.DISPLAY, uuid.uuid4())
+    with pytest.raises(Replayed, match="restart of the system"):
+        await target.handler(ChannelType.DISPLAY, 0x60).rewrite(migrate_data(blob))
+    assert read_header(blob).blob_id not in target.guard
+    target.guard.forgotten_before = int(time.time()) - 3600
+    await target.handler(ChannelType.DISPLAY, 0x61).rewrite(migrate_data(blob))
+    assert read_header(blob).blob_id in target.guard
