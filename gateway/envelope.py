@@ -577,16 +577,13 @@ def _holds_bytes(model: type[BaseModel]) -> bool:
     return False
 
 
-def _pack(state: StateModel) -> list[bytes]:
-    """The msgpack payload of ``state`` as pieces whose concatenation is exactly
-    ``msgpack.packb(state.model_dump(), use_bin_type=True)``, with every large byte string
-    (:data:`_STREAM_MIN`) a piece of its own, not copied. One piece when there is none."""
-    dumped = state.model_dump(mode="python")
-    if not _holds_bytes(type(state)):
-        return [msgpack.packb(dumped, use_bin_type=True)]
+def _pieces(obj: object) -> list[bytes]:
+    """The msgpack encoding of ``obj`` (``use_bin_type``) as pieces that join to exactly
+    ``msgpack.packb``'s bytes, every byte string of :data:`_STREAM_MIN` or more a piece of its
+    own, not copied. One piece when there is none."""
     packer = msgpack.Packer(use_bin_type=True, autoreset=False)
     pieces: list[bytes] = []
-    todo: list[Any] = [dumped]
+    todo: list[Any] = [obj]
     while todo:  # depth first, in msgpack's order
         item = todo.pop()
         kind = type(item)
@@ -597,13 +594,21 @@ def _pack(state: StateModel) -> list[bytes]:
             packer.pack_array_header(len(item))
             todo.extend(reversed(item))
         elif kind is bytes and len(item) >= _STREAM_MIN:
-            # bin32 (msgpack's own choice from 64 KiB), then the bytes themselves.
+            # bin32 (msgpack's own choice from 64 KiB on), then the bytes themselves.
             pieces += (packer.bytes(), _BIN32.pack(0xC6, len(item)), item)
             packer.reset()
         else:
             packer.pack(item)
     pieces.append(packer.bytes())
     return pieces
+
+
+def _pack(state: StateModel) -> list[bytes]:
+    """The msgpack payload of ``state`` as :func:`_pieces`."""
+    dumped = state.model_dump(mode="python")
+    if not _holds_bytes(type(state)):  # no walk for the states that cannot hold bytes
+        return [msgpack.packb(dumped, use_bin_type=True)]
+    return _pieces(dumped)
 
 
 def _seal_into(
