@@ -561,20 +561,34 @@ _STREAM_MIN: Final = 64 * 1024
 _BIN32: Final = struct.Struct(">BI")
 
 
+Path = tuple[str, ...]
+
+
 @functools.cache
-def _holds_bytes(model: type[BaseModel]) -> bool:
-    """Whether a state of ``model`` can hold a byte string anywhere (most states cannot)."""
-    annotations = [field.annotation for field in model.model_fields.values()]
-    while annotations:
-        annotation = annotations.pop()
+def _bytes_fields(model: type[BaseModel]) -> tuple[Path, ...] | None:
+    """Where a state of ``model`` holds byte strings, as paths of field names through its
+    dump; None when one may sit in a container or a union (look at every part then)."""
+    paths: list[Path] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
         if annotation is bytes:
-            return True
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            if annotation is not model and _holds_bytes(annotation):
-                return True
-        else:
-            annotations.extend(get_args(annotation))  # containers, unions, Annotated
-    return False
+            paths.append((name,))
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            inner = _bytes_fields(annotation)
+            if inner is None:
+                return None
+            paths += [(name, *path) for path in inner]
+        elif _mentions_bytes(annotation):
+            return None
+    return tuple(paths)
+
+
+def _mentions_bytes(annotation: object) -> bool:
+    if annotation is bytes:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _bytes_fields(annotation) != ()
+    return any(_mentions_bytes(arg) for arg in get_args(annotation))  # containers, unions
 
 
 def _pieces(obj: object) -> list[bytes]:
@@ -604,11 +618,20 @@ def _pieces(obj: object) -> list[bytes]:
 
 
 def _pack(state: StateModel) -> list[bytes]:
-    """The msgpack payload of ``state`` as :func:`_pieces`."""
+    """The msgpack payload of ``state`` as :func:`_pieces`, without walking the states that
+    hold no large byte string (most)."""
     dumped = state.model_dump(mode="python")
-    if not _holds_bytes(type(state)):  # no walk for the states that cannot hold bytes
+    paths = _bytes_fields(type(state))
+    if paths is not None and all(len(_field(dumped, path)) < _STREAM_MIN for path in paths):
         return [msgpack.packb(dumped, use_bin_type=True)]
     return _pieces(dumped)
+
+
+def _field(dumped: dict[str, Any], path: Path) -> Any:
+    value: Any = dumped
+    for name in path:
+        value = value[name]
+    return value
 
 
 def _seal_into(

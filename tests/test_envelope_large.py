@@ -10,6 +10,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from pydantic import BaseModel
 
 from gateway import envelope
 from gateway.envelope import (
@@ -133,11 +134,41 @@ def test_pieces_join_to_msgpack(obj: object) -> None:
     assert len(pieces) > 1
 
 
-def test_states_without_bytes_keep_one_piece() -> None:
-    for channel in (ChannelType.DISPLAY, ChannelType.INPUTS):
-        assert not envelope._holds_bytes(type(worst_state(channel)))
-    for channel in (ChannelType.MAIN, ChannelType.SMARTCARD, ChannelType.PORT):
-        assert envelope._holds_bytes(type(worst_state(channel)))
+def test_where_states_hold_bytes() -> None:
+    """What _pack looks at instead of walking a whole state (a display's is thousands of
+    objects): every byte string field, found through the models' annotations."""
+    fields = {
+        channel: envelope._bytes_fields(type(worst_state(channel)))
+        for channel in (ChannelType.DISPLAY, ChannelType.INPUTS, ChannelType.MAIN,
+                        ChannelType.SMARTCARD, ChannelType.USBREDIR, ChannelType.PORT)
+    }
+    assert fields == {
+        ChannelType.DISPLAY: (),
+        ChannelType.INPUTS: (),
+        ChannelType.MAIN: (("agent", "write_data"), ("agent_to_client", "msg_header_partial")),
+        ChannelType.SMARTCARD: (("device", "write_data"), ("read_data",)),
+        ChannelType.USBREDIR: (("device", "write_data"),),
+        ChannelType.PORT: (("device", "write_data"),),
+    }
+
+
+def test_bytes_in_a_container_or_union_are_looked_for_everywhere() -> None:
+    class Inner(BaseModel):
+        data: bytes
+
+    class Listed(BaseModel):
+        items: tuple[Inner, ...]
+
+    class Either(BaseModel):
+        value: int | bytes
+
+    class Plain(BaseModel):
+        inner: Inner
+        numbers: list[int]
+
+    assert envelope._bytes_fields(Listed) is None
+    assert envelope._bytes_fields(Either) is None
+    assert envelope._bytes_fields(Plain) == (("inner", "data"),)
 
 
 # --- refusals ------------------------------------------------------------------------------
