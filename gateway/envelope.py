@@ -622,16 +622,15 @@ def _pack(state: StateModel) -> list[bytes]:
     hold no large byte string (most)."""
     dumped = state.model_dump(mode="python")
     paths = _bytes_fields(type(state))
-    if paths is not None and all(len(_field(dumped, path)) < _STREAM_MIN for path in paths):
-        return [msgpack.packb(dumped, use_bin_type=True)]
-    return _pieces(dumped)
-
-
-def _field(dumped: dict[str, Any], path: Path) -> Any:
-    value: Any = dumped
-    for name in path:
-        value = value[name]
-    return value
+    if paths is None:
+        return _pieces(dumped)
+    for path in paths:
+        value: Any = dumped
+        for name in path:
+            value = value[name]
+        if len(value) >= _STREAM_MIN:
+            return _pieces(dumped)
+    return [msgpack.packb(dumped, use_bin_type=True)]
 
 
 def _seal_into(
