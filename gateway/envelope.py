@@ -561,14 +561,14 @@ _STREAM_MIN: Final = 64 * 1024
 _BIN32: Final = struct.Struct(">BI")
 
 
-Path = tuple[str, ...]
+_FieldPath = tuple[str, ...]
 
 
 @functools.cache
-def _bytes_fields(model: type[BaseModel]) -> tuple[Path, ...] | None:
+def _bytes_fields(model: type[BaseModel]) -> tuple[_FieldPath, ...] | None:
     """Where a state of ``model`` holds byte strings, as paths of field names through its
     dump; None when one may sit in a container or a union (look at every part then)."""
-    paths: list[Path] = []
+    paths: list[_FieldPath] = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
         if annotation is bytes:
