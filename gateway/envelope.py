@@ -29,19 +29,22 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import hmac
+import io
 import os
 import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, get_args
 
 import msgpack
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gateway.errors import (
     AuthenticationFailed,
@@ -552,22 +555,129 @@ def read_unauthenticated(blob: bytes) -> tuple[Header, Context, int, int]:
     return header, context, issued_at, expires_at
 
 
-def _seal_payload(
-    payload: bytes, context: Context, issued_at: int, expires_at: int, key: Key, salt: bytes
+#: Byte strings at least this long (msgpack's bin32 from here on) are fed to the cipher from
+#: their own buffer rather than copied into the packed payload first (:func:`_pack`).
+_STREAM_MIN: Final = 64 * 1024
+_BIN32: Final = struct.Struct(">BI")
+
+
+_FieldPath = tuple[str, ...]
+
+
+@functools.cache
+def _bytes_fields(model: type[BaseModel]) -> tuple[_FieldPath, ...] | None:
+    """Where a state of ``model`` holds byte strings, as paths of field names through its
+    dump; None when one may sit in a container or a union (look at every part then)."""
+    paths: list[_FieldPath] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if annotation is bytes:
+            paths.append((name,))
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            inner = _bytes_fields(annotation)
+            if inner is None:
+                return None
+            paths += [(name, *path) for path in inner]
+        elif _mentions_bytes(annotation):
+            return None
+    return tuple(paths)
+
+
+def _mentions_bytes(annotation: object) -> bool:
+    if annotation is bytes:
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _bytes_fields(annotation) != ()
+    return any(_mentions_bytes(arg) for arg in get_args(annotation))  # containers, unions
+
+
+def _pieces(obj: object) -> list[bytes]:
+    """The msgpack encoding of ``obj`` (``use_bin_type``) as pieces that join to exactly
+    ``msgpack.packb``'s bytes, every byte string of :data:`_STREAM_MIN` or more a piece of its
+    own, not copied. One piece when there is none."""
+    packer = msgpack.Packer(use_bin_type=True, autoreset=False)
+    pieces: list[bytes] = []
+    todo: list[Any] = [obj]
+    while todo:  # depth first, in msgpack's order
+        item = todo.pop()
+        kind = type(item)
+        if kind is dict:
+            packer.pack_map_header(len(item))
+            todo.extend(reversed([part for pair in item.items() for part in pair]))
+        elif kind is list or kind is tuple:
+            packer.pack_array_header(len(item))
+            todo.extend(reversed(item))
+        elif kind is bytes and len(item) >= _STREAM_MIN:
+            # bin32 (msgpack's own choice from 64 KiB on), then the bytes themselves.
+            pieces += (packer.bytes(), _BIN32.pack(0xC6, len(item)), item)
+            packer.reset()
+        else:
+            packer.pack(item)
+    pieces.append(packer.bytes())
+    return pieces
+
+
+def _pack(state: StateModel) -> list[bytes]:
+    """The msgpack payload of ``state`` as :func:`_pieces`, without walking the states that
+    hold no large byte string (most)."""
+    dumped = state.model_dump(mode="python")
+    paths = _bytes_fields(type(state))
+    if paths is None:
+        return _pieces(dumped)
+    for path in paths:
+        value: Any = dumped
+        for name in path:
+            value = value[name]
+        if len(value) >= _STREAM_MIN:
+            return _pieces(dumped)
+    return [msgpack.packb(dumped, use_bin_type=True)]
+
+
+def _seal_into(
+    authenticated: bytes, pieces: list[bytes], size: int, enc_key: bytes, mac_key: bytes
 ) -> bytes:
-    """Seal already-encoded bytes. No validation of ``payload``: the opener never relies on it."""
+    """The blob of a large payload, encrypted piece by piece straight into the blob's buffer.
+
+    Packing megabytes, encrypting them to a new buffer and joining that to the header would
+    copy the state three times; here the only write of it is the cipher's output. The buffer is
+    a BytesIO's, whose value then is the blob itself (no final copy to bytes).
+    """
+    out = io.BytesIO(bytes(len(authenticated) + size + TAG_SIZE + MAC_SIZE))
+    with out.getbuffer() as view:
+        offset = len(authenticated)
+        view[:offset] = authenticated
+        encryptor = Cipher(algorithms.AES(enc_key), modes.GCM(_NONCE)).encryptor()
+        encryptor.authenticate_additional_data(authenticated)
+        for piece in pieces:
+            offset += encryptor.update_into(piece, view[offset:])
+        encryptor.finalize()
+        tag = encryptor.tag
+        view[offset : offset + TAG_SIZE] = tag
+        view[offset + TAG_SIZE :] = _hmac(mac_key, authenticated + tag)
+    return out.getvalue()
+
+
+def _seal_payload(
+    pieces: list[bytes],
+    context: Context,
+    issued_at: int,
+    expires_at: int,
+    key: Key,
+    salt: bytes,
+) -> bytes:
+    """Seal already-encoded bytes, given as pieces (:func:`_pack`). No validation of the
+    payload: the opener never relies on it."""
     if len(salt) != SALT_SIZE:
         raise ConfigError(f"the random source gave a {len(salt)}-byte salt, not {SALT_SIZE}")
     encoded = _encode_context(context, issued_at, expires_at)
-    header = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, SUITE, len(encoded), len(payload), key.key_id, salt
-    )
+    size = sum(map(len, pieces))
+    header = _HEADER.pack(MAGIC, FORMAT_VERSION, SUITE, len(encoded), size, key.key_id, salt)
     enc_key, mac_key = _derive(key.secret, salt)
     authenticated = header + encoded
-    body = AESGCM(enc_key).encrypt(_NONCE, payload, authenticated)
-    # Drop the plaintext before the final copy: with megabytes of state, a third buffer of
-    # that size alive at once costs more in fresh pages than the encryption itself.
-    del payload
+    if len(pieces) > 1:
+        return _seal_into(authenticated, pieces, size, enc_key, mac_key)
+    # Small payloads: the one-shot cipher is faster than the streaming one's setup.
+    body = AESGCM(enc_key).encrypt(_NONCE, pieces[0], authenticated)
     mac = _hmac(mac_key, authenticated + body[-TAG_SIZE:])
     return b"".join((authenticated, body, mac))
 
@@ -606,7 +716,7 @@ def seal(
     issued_at = _check_time(time.time() if now is None else now, "now")
     salt = (random_bytes or os.urandom)(SALT_SIZE)
     return _seal_payload(
-        msgpack.packb(state.model_dump(mode="python"), use_bin_type=True),
+        _pack(state),
         context,
         issued_at,
         issued_at + ttl,
