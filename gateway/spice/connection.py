@@ -229,6 +229,65 @@ class SpiceConnection:
         """Events for every server unit completed by ``data`` (all of direction S->C)."""
         return self._receive(_S2C, data)
 
+    def receive_streaming(
+        self, direction: Direction, data: memoryview
+    ) -> list[Event | memoryview]:
+        """Events for what ``data`` completes in ``direction``, without copying what it relays.
+
+        For a loop that reads into one buffer and reuses it: a run of ordinary messages that
+        lies whole in ``data`` comes back as a ``memoryview`` slice of ``data`` (valid until the
+        caller reuses its buffer, so write or copy it first), in place of the ``Passthrough``
+        that :meth:`receive_from_client` / :meth:`receive_from_server` would return for the
+        same split. Everything else is the events those return: only the bytes of a partial
+        unit, of a migration message and of the link stage are copied (a partial message is
+        completed with exactly the bytes it lacks, then parsing goes on in place).
+        """
+        buf = self._buffers[direction]
+        if self._error is not None or self._stage[direction] is not _Stage.DATA:
+            return list(self._receive(direction, data))
+        out: list[Event | memoryview] = []
+        pos, stop = 0, len(data)
+        while len(buf) and pos < stop:
+            taken = min(self._missing(direction, buf), stop - pos)
+            out += self._receive(direction, data[pos : pos + taken])
+            pos += taken
+        header, type_and_size = self._kind.size, self._type_and_size
+        limit, migration_types = self.max_message_size, self._migration_types[direction]
+        last = stop - header
+        while pos < stop:
+            start = pos
+            while pos <= last:
+                msg_type, size = type_and_size(data, pos)
+                if size > limit or msg_type in migration_types:
+                    break
+                end = pos + header + size
+                if end > stop:
+                    break
+                pos = end
+            if pos > start:
+                out.append(data[start:pos])
+                buf.consumed += pos - start
+                continue
+            # A migration message, an oversized header or a partial unit: the copying path
+            # decodes, refuses or keeps it. Only a whole migration message has anything after.
+            end = stop
+            if pos <= last:
+                msg_type, size = type_and_size(data, pos)
+                if msg_type in migration_types and size <= limit:
+                    end = min(stop, pos + header + size)
+            out += self._receive(direction, data[pos:end])
+            pos = end
+        return out
+
+    def _missing(self, direction: Direction, buf: _Buffer) -> int:
+        """Bytes the data message held at the start of ``buf`` still lacks (its header's
+        first, while the header is incomplete)."""
+        header = self._kind.size
+        if len(buf) < header:
+            return header - len(buf)
+        size: int = self._type_and_size(buf.data, buf.pos)[1]
+        return header + size - len(buf)
+
     @property
     def state(self) -> ConnectionState:
         if self._error is not None:

@@ -1,0 +1,147 @@
+"""The proxy's byte path: two protocol legs per connection, one receive buffer for them all.
+
+A connection has a client leg (what the SPICE client sends, relayed to spice-server) and an
+upstream leg (the other way). Both are :class:`asyncio.BufferedProtocol`: the transport reads
+straight into the buffer a leg hands out, and the leg passes what arrived to its connection at
+once. Every leg of one proxy reads into the same :class:`ReceiveBuffer`, so an idle session
+holds no read buffer at all. That is safe because the loop is single-threaded and a leg's
+``buffer_updated`` consumes the bytes (relays them, or copies what it must keep) before any
+leg asks for the buffer again, with one exception that :meth:`Leg.send` takes care of: a
+transport may keep what it could not send at once.
+
+Backpressure: when a leg's transport holds more than its high-water mark of unsent bytes, the
+other leg stops reading until it drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from gateway.spice.constants import Direction
+from gateway.spice.events import Event
+
+__all__ = ["RECEIVE_SIZE", "Leg", "Owner", "ReceiveBuffer"]
+
+#: What one read takes at most: a few display updates, or a quarter of a large one.
+RECEIVE_SIZE = 256 * 1024
+
+
+class ReceiveBuffer:
+    """The buffer every leg of one proxy reads into (see the module's notes)."""
+
+    __slots__ = ("view",)
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(RECEIVE_SIZE))
+
+    def give_up(self) -> None:
+        """A transport still refers to the current buffer: read into a new one from now on."""
+        self.view = memoryview(bytearray(RECEIVE_SIZE))
+
+
+class Owner(Protocol):
+    """What a leg tells its connection."""
+
+    def leg_made(self, leg: Leg) -> None: ...
+
+    def received(self, leg: Leg, data: memoryview) -> None: ...
+
+    def leg_ended(self, leg: Leg) -> None: ...
+
+    def leg_lost(self, leg: Leg) -> None: ...
+
+
+class Leg(asyncio.BufferedProtocol):
+    """One side's transport: what it receives goes to the owner, what the owner relays the
+    other way is written with :meth:`send`."""
+
+    __slots__ = (
+        "blocked",
+        "buffer",
+        "direction",
+        "held",
+        "open",
+        "other",
+        "owner",
+        "tls",
+        "transport",
+    )
+
+    def __init__(self, owner: Owner, direction: Direction, buffer: ReceiveBuffer) -> None:
+        self.owner = owner
+        #: The direction of what this leg receives.
+        self.direction = direction
+        self.buffer = buffer
+        self.transport: asyncio.Transport | None = None
+        self.other: Leg = self
+        self.open = False
+        self.tls = False
+        #: The other leg's transport is full: this one does not read until it drains.
+        self.blocked = False
+        #: Events received but held back behind a migration message being rewritten.
+        self.held: list[Event | memoryview | bytes] | None = None
+
+    # --- asyncio.BufferedProtocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.open = True
+        self.tls = transport.get_extra_info("ssl_object") is not None
+        self.owner.leg_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.owner.received(self, self.buffer.view[:nbytes])
+
+    def eof_received(self) -> None:
+        self.owner.leg_ended(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        self.owner.leg_lost(self)
+
+    def pause_writing(self) -> None:
+        self.other.blocked = True
+        self.other.update_reading()
+
+    def resume_writing(self) -> None:
+        self.other.blocked = False
+        self.other.update_reading()
+
+    # --- what the owner uses ------------------------------------------------------------------
+
+    def update_reading(self) -> None:
+        """Read unless the other side is full or a rewrite holds this side's events back."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.blocked or self.held is not None:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def send(self, data: bytes | memoryview) -> None:
+        """Write ``data``; a memoryview of the receive buffer is safe to pass.
+
+        A plain socket transport with nothing queued sends at once and keeps only what the
+        socket did not take: Python 3.11 copies that remainder, later versions keep a view of
+        the memoryview itself. So a view goes out only to a transport with an empty queue,
+        and if any of it stayed queued the receive buffer is left to the transport. A TLS
+        transport queues what it is given before encrypting it, so it gets bytes.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        if type(data) is memoryview:
+            if self.tls or transport.get_write_buffer_size():
+                transport.write(data.tobytes())
+                return
+            transport.write(data)
+            if transport.get_write_buffer_size():
+                self.buffer.give_up()
+            return
+        transport.write(data)
