@@ -47,6 +47,10 @@ class Owner(Protocol):
 
     def received(self, leg: Leg, data: memoryview) -> None: ...
 
+    def room(self, leg: Leg) -> memoryview | None: ...
+
+    def filled(self, leg: Leg, nbytes: int) -> None: ...
+
     def leg_ended(self, leg: Leg) -> None: ...
 
     def leg_lost(self, leg: Leg) -> None: ...
@@ -61,6 +65,7 @@ class Leg(asyncio.BufferedProtocol):
         "buffer",
         "direction",
         "held",
+        "in_room",
         "open",
         "other",
         "owner",
@@ -81,6 +86,8 @@ class Leg(asyncio.BufferedProtocol):
         self.blocked = False
         #: Events received but held back behind a migration message being rewritten.
         self.held: list[Event | memoryview | bytes] | None = None
+        #: The last buffer handed out is the owner's room for a large message.
+        self.in_room = False
 
     # --- asyncio.BufferedProtocol -------------------------------------------------------------
 
@@ -92,10 +99,15 @@ class Leg(asyncio.BufferedProtocol):
         self.owner.leg_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.buffer.view
+        room = self.owner.room(self)
+        self.in_room = room is not None
+        return self.buffer.view if room is None else room
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.owner.received(self, self.buffer.view[:nbytes])
+        if self.in_room:
+            self.owner.filled(self, nbytes)
+        else:
+            self.owner.received(self, self.buffer.view[:nbytes])
 
     def eof_received(self) -> None:
         self.owner.leg_ended(self)
@@ -125,7 +137,8 @@ class Leg(asyncio.BufferedProtocol):
             transport.resume_reading()
 
     def send(self, data: bytes | memoryview) -> None:
-        """Write ``data``; a memoryview of the receive buffer is safe to pass.
+        """Write ``data``; a memoryview of the receive buffer is safe to pass (any other
+        memoryview must be the caller's to give away).
 
         A plain socket transport with nothing queued sends at once and keeps only what the
         socket did not take: Python 3.11 copies that remainder, later versions keep a view of
@@ -136,7 +149,7 @@ class Leg(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None:
             return
-        if type(data) is memoryview:
+        if type(data) is memoryview and data.obj is self.buffer.view.obj:
             if self.tls or transport.get_write_buffer_size():
                 transport.write(data.tobytes())
                 return

@@ -148,17 +148,36 @@ class _Connection:
         if self.ended:
             return
         try:
-            events = self.spice.receive_streaming(leg.direction, data)
-            if not self._within_budget(leg.direction):
-                self.end()
-                return
-            if leg.held is not None:
-                # A migration message is being rewritten: these go after it.
-                leg.held += _copied(events)
-                return
-            self._relay(leg, events)
+            self._handle(leg, self.spice.receive_streaming(leg.direction, data))
         except Exception as error:
             self._failed(error)
+
+    def room(self, leg: Leg) -> memoryview | None:
+        """A large message's own buffer to read into, while the memory budget allows it."""
+        direction = leg.direction
+        if not self.held[direction] or self.ended:
+            return None  # nothing partial: most reads
+        room = self.spice.room(direction, RECEIVE_SIZE + 1)
+        if room is not None and not self._within_budget(direction):
+            self.end()
+        return room
+
+    def filled(self, leg: Leg, nbytes: int) -> None:
+        if self.ended:
+            return
+        try:
+            self._handle(leg, self.spice.filled(leg.direction, nbytes))
+        except Exception as error:
+            self._failed(error)
+
+    def _handle(self, leg: Leg, events: list[Event | memoryview]) -> None:
+        if not self._within_budget(leg.direction):
+            self.end()
+        elif leg.held is not None:
+            # A migration message is being rewritten: these go after it.
+            leg.held += _copied(events)
+        elif events:
+            self._relay(leg, events)
 
     def leg_ended(self, leg: Leg) -> None:
         self.end()
@@ -357,8 +376,9 @@ class _Connection:
         log line and a metric) when the budget is spent: the caller closes the channel."""
         held = self.spice.buffered(direction)
         proxy = self.proxy
-        proxy.buffered_total += held - self.held[direction]
-        self.held[direction] = held
+        if held != self.held[direction]:
+            proxy.buffered_total += held - self.held[direction]
+            self.held[direction] = held
         budget = proxy.config.limits.max_buffered_total
         if proxy.buffered_total <= budget:
             return True

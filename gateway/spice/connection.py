@@ -194,6 +194,7 @@ class SpiceConnection:
         "_kind",
         "_link_size",
         "_migration_types",
+        "_rooms",
         "_stage",
         "_type_and_size",
         "link_mess",
@@ -218,6 +219,9 @@ class SpiceConnection:
         self._kind = HeaderKind.MINI
         self._type_and_size = _MINI.unpack_from
         self._migration_types: dict[Direction, frozenset[int]] = {}
+        #: Per direction, a large message being read straight into its own buffer, and how
+        #: much of it is in (see room()); made on first use, most connections never need it.
+        self._rooms: dict[Direction, tuple[bytearray, int]] | None = None
 
     # --- public -----------------------------------------------------------------------------
 
@@ -242,9 +246,30 @@ class SpiceConnection:
         unit, of a migration message and of the link stage are copied (a partial message is
         completed with exactly the bytes it lacks, then parsing goes on in place).
         """
-        buf = self._buffers[direction]
         if self._error is not None or self._stage[direction] is not _Stage.DATA:
             return list(self._receive(direction, data))
+        rooms = self._rooms
+        if rooms and direction in rooms:
+            # Bytes for a room that came another way: into the room with them.
+            array, filled = rooms[direction]
+            taken = min(len(array) - filled, len(data))
+            array[filled : filled + taken] = data[:taken]
+            done = self.filled(direction, taken)
+            return done + self.receive_streaming(direction, data[taken:]) if done else done
+        # The walk below needs every message that fits its input to be of an allowed size: in
+        # an input no longer than the largest message, a size past the end means a partial or
+        # an oversized message, and neither needs a check per message.
+        step = self._kind.size + self.max_message_size
+        if len(data) <= step:
+            return self._stream(direction, data)
+        out: list[Event | memoryview] = []
+        for at in range(0, len(data), step):
+            out += self._stream(direction, data[at : at + step])
+        return out
+
+    def _stream(self, direction: Direction, data: memoryview) -> list[Event | memoryview]:
+        """:meth:`receive_streaming` of at most one maximum-sized message's worth of bytes."""
+        buf = self._buffers[direction]
         out: list[Event | memoryview] = []
         pos, stop = 0, len(data)
         while len(buf) and pos < stop:
@@ -252,13 +277,15 @@ class SpiceConnection:
             out += self._receive(direction, data[pos : pos + taken])
             pos += taken
         header, type_and_size = self._kind.size, self._type_and_size
-        limit, migration_types = self.max_message_size, self._migration_types[direction]
+        migration_types = self._migration_types[direction]
+        # Migration types are few and low: most types need one comparison, not a set lookup.
+        top = max(migration_types, default=-1)
         last = stop - header
         while pos < stop:
             start = pos
             while pos <= last:
                 msg_type, size = type_and_size(data, pos)
-                if size > limit or msg_type in migration_types:
+                if msg_type <= top and msg_type in migration_types:
                     break
                 end = pos + header + size
                 if end > stop:
@@ -273,7 +300,7 @@ class SpiceConnection:
             end = stop
             if pos <= last:
                 msg_type, size = type_and_size(data, pos)
-                if msg_type in migration_types and size <= limit:
+                if msg_type in migration_types and size <= self.max_message_size:
                     end = min(stop, pos + header + size)
             out += self._receive(direction, data[pos:end])
             pos = end
@@ -316,8 +343,57 @@ class SpiceConnection:
         return None if self.link_mess is None else self.link_mess.channel_id
 
     def buffered(self, direction: Direction) -> int:
-        """Bytes received in ``direction`` that do not yet form a complete unit."""
-        return len(self._buffers[direction])
+        """Bytes received in ``direction`` that do not yet form a complete unit (all of a
+        :meth:`room`, which is allocated whole)."""
+        held = len(self._buffers[direction])
+        if self._rooms and direction in self._rooms:
+            held += len(self._rooms[direction][0])
+        return held
+
+    def room(self, direction: Direction, minimum: int) -> memoryview | None:
+        """Where to read the rest of a large ordinary message straight into, or None.
+
+        Once the header of a data message of at least ``minimum`` bytes (header included)
+        that is not a migration message is in, the message gets a buffer of its own size
+        holding what arrived so far, and this returns a writable view of what it still lacks:
+        read into it from the start and report each read with :meth:`filled`. Saves copying a
+        large message piece by piece into the receive buffer and then again out of it.
+        """
+        rooms = self._rooms
+        if rooms and direction in rooms:
+            array, filled = rooms[direction]
+            return memoryview(array)[filled:]
+        if self._error is not None or self._stage[direction] is not _Stage.DATA:
+            return None
+        buf, header = self._buffers[direction], self._kind.size
+        if len(buf) < header:
+            return None
+        msg_type, size = self._type_and_size(buf.data, buf.pos)
+        total = header + size
+        if total < minimum or msg_type in self._migration_types[direction]:
+            return None
+        array = bytearray(total)
+        held = len(buf)
+        array[:held] = buf.data[buf.pos :]
+        # The held bytes now live in the room; the stream offset moves when it is full.
+        buf.data, buf.pos = b"", 0
+        if rooms is None:
+            rooms = self._rooms = {}
+        rooms[direction] = (array, held)
+        return memoryview(array)[held:]
+
+    def filled(self, direction: Direction, nbytes: int) -> list[Event | memoryview]:
+        """``nbytes`` more were read into ``direction``'s :meth:`room`; the whole message (as a
+        run of one, a view of the room, which is the caller's from then on) once it is full."""
+        assert self._rooms is not None
+        array, filled = self._rooms[direction]
+        filled += nbytes
+        if filled < len(array):
+            self._rooms[direction] = (array, filled)
+            return []
+        del self._rooms[direction]
+        self._buffers[direction].consumed += len(array)
+        return [memoryview(array)]
 
     # --- driver -----------------------------------------------------------------------------
 
