@@ -69,6 +69,8 @@ class Leg(asyncio.BufferedProtocol):
         "open",
         "other",
         "owner",
+        "partial",
+        "sender",
         "tls",
         "transport",
     )
@@ -77,6 +79,11 @@ class Leg(asyncio.BufferedProtocol):
         self.owner = owner
         #: The direction of what this leg receives.
         self.direction = direction
+        #: Its metric label, looked up once.
+        self.sender = direction.sender
+        #: Bytes of the partial message the owner holds for this leg, as counted in the
+        #: proxy's memory budget.
+        self.partial = 0
         self.buffer = buffer
         self.transport: asyncio.Transport | None = None
         self.other: Leg = self
@@ -99,7 +106,8 @@ class Leg(asyncio.BufferedProtocol):
         self.owner.leg_made(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        room = self.owner.room(self)
+        # Only a partial message held may be a large one that wants a room of its own.
+        room = self.owner.room(self) if self.partial else None
         self.in_room = room is not None
         return self.buffer.view if room is None else room
 

@@ -91,7 +91,6 @@ class _Connection:
         "done",
         "ended",
         "handler",
-        "held",
         "proxy",
         "route",
         "server",
@@ -116,9 +115,6 @@ class _Connection:
         # A timer handle, not a task: an idle session holds less.
         self.watchdog: asyncio.TimerHandle | None = None
         self.ended = False
-        #: Bytes of partial messages this connection holds, per direction, as counted in the
-        #: proxy's memory budget.
-        self.held = {Direction.CLIENT_TO_SERVER: 0, Direction.SERVER_TO_CLIENT: 0}
 
     @property
     def client_writer(self) -> Leg:
@@ -153,12 +149,13 @@ class _Connection:
             self._failed(error)
 
     def room(self, leg: Leg) -> memoryview | None:
-        """A large message's own buffer to read into, while the memory budget allows it."""
+        """A large message's own buffer to read into, while the memory budget allows it
+        (the leg asks only while a partial message is held)."""
+        if self.ended:
+            return None
         direction = leg.direction
-        if not self.held[direction] or self.ended:
-            return None  # nothing partial: most reads
         room = self.spice.room(direction, RECEIVE_SIZE + 1)
-        if room is not None and not self._within_budget(direction):
+        if room is not None and not self._within_budget(leg, self.spice.buffered(direction)):
             self.end()
         return room
 
@@ -171,11 +168,18 @@ class _Connection:
             self._failed(error)
 
     def _handle(self, leg: Leg, events: list[Event | memoryview]) -> None:
-        if not self._within_budget(leg.direction):
+        held = self.spice.buffered(leg.direction)
+        # The budget can only be exceeded by a connection whose partial message grows.
+        if held != leg.partial and not self._within_budget(leg, held):
             self.end()
         elif leg.held is not None:
             # A migration message is being rewritten: these go after it.
             leg.held += _copied(events)
+        elif len(events) == 1 and type(events[0]) is memoryview:
+            # Most reads: one run of ordinary messages.
+            run = events[0]
+            leg.other.send(run)
+            self.proxy.metrics.inc("smg_bytes_total", len(run), sender=leg.sender)
         elif events:
             self._relay(leg, events)
 
@@ -223,7 +227,7 @@ class _Connection:
             if pending:
                 out.send(pending[0] if len(pending) == 1 else b"".join(pending))
         if total:
-            self.proxy.metrics.inc("smg_bytes_total", total, sender=leg.direction.sender)
+            self.proxy.metrics.inc("smg_bytes_total", total, sender=leg.sender)
 
     async def _rewrite(self, leg: Leg, event: Message) -> None:
         assert self.handler is not None
@@ -235,7 +239,7 @@ class _Connection:
             if self.ended:
                 return
             leg.other.send(unit)
-            self.proxy.metrics.inc("smg_bytes_total", len(unit), sender=leg.direction.sender)
+            self.proxy.metrics.inc("smg_bytes_total", len(unit), sender=leg.sender)
         except Exception as error:
             self._failed(error)
             return
@@ -348,8 +352,9 @@ class _Connection:
                 task.cancel()
         if self.watchdog is not None:
             self.watchdog.cancel()
-        self.proxy.buffered_total -= sum(self.held.values())
-        self.held = dict.fromkeys(self.held, 0)
+        for leg in (self.client, self.server):
+            self.proxy.buffered_total -= leg.partial
+            leg.partial = 0
         if self.handler is not None:
             self.handler.close()
         for leg in (self.client, self.server):
@@ -371,14 +376,13 @@ class _Connection:
             self.end()
         self.proxy._release(self)
 
-    def _within_budget(self, direction: Direction) -> bool:
-        """Count this direction's partial message in the proxy's memory budget; False (after a
-        log line and a metric) when the budget is spent: the caller closes the channel."""
-        held = self.spice.buffered(direction)
+    def _within_budget(self, leg: Leg, held: int) -> bool:
+        """Count the partial message ``leg`` received, ``held`` bytes now, in the proxy's
+        memory budget; False (after a log line and a metric) when the budget is spent: the
+        caller closes the channel."""
         proxy = self.proxy
-        if held != self.held[direction]:
-            proxy.buffered_total += held - self.held[direction]
-            self.held[direction] = held
+        proxy.buffered_total += held - leg.partial
+        leg.partial = held
         budget = proxy.config.limits.max_buffered_total
         if proxy.buffered_total <= budget:
             return True

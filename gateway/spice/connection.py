@@ -178,6 +178,11 @@ class _Buffer:
         return unit
 
 
+#: What receive_streaming reads of one direction (see SpiceConnection._streams): the buffer,
+#: the migration types and the highest, the header size, the size of a piece to walk.
+_Stream = tuple[_Buffer, frozenset[int], int, int, int]
+
+
 class SpiceConnection:
     """One SPICE channel connection as seen by an inline proxy between client and server.
 
@@ -196,6 +201,7 @@ class SpiceConnection:
         "_migration_types",
         "_rooms",
         "_stage",
+        "_streams",
         "_type_and_size",
         "link_mess",
         "link_reply",
@@ -222,6 +228,10 @@ class SpiceConnection:
         #: Per direction, a large message being read straight into its own buffer, and how
         #: much of it is in (see room()); made on first use, most connections never need it.
         self._rooms: dict[Direction, tuple[bytearray, int]] | None = None
+        #: From the data phase on, per direction (client's first), what receive_streaming
+        #: needs (see _Stream). Indexed by
+        #: ``direction is _S2C``, which is cheaper than hashing an enum member each read.
+        self._streams: tuple[_Stream, _Stream] | None = None
 
     # --- public -----------------------------------------------------------------------------
 
@@ -246,7 +256,8 @@ class SpiceConnection:
         unit, of a migration message and of the link stage are copied (a partial message is
         completed with exactly the bytes it lacks, then parsing goes on in place).
         """
-        if self._error is not None or self._stage[direction] is not _Stage.DATA:
+        streams = self._streams
+        if streams is None or self._error is not None:
             return list(self._receive(direction, data))
         rooms = self._rooms
         if rooms and direction in rooms:
@@ -259,32 +270,46 @@ class SpiceConnection:
         # The walk below needs every message that fits its input to be of an allowed size: in
         # an input no longer than the largest message, a size past the end means a partial or
         # an oversized message, and neither needs a check per message.
-        step = self._kind.size + self.max_message_size
+        stream = streams[direction is _S2C]
+        step = stream[4]
         if len(data) <= step:
-            return self._stream(direction, data)
+            return self._stream(direction, stream, data)
         out: list[Event | memoryview] = []
         for at in range(0, len(data), step):
-            out += self._stream(direction, data[at : at + step])
+            out += self._stream(direction, stream, data[at : at + step])
         return out
 
-    def _stream(self, direction: Direction, data: memoryview) -> list[Event | memoryview]:
+    def _stream(
+        self, direction: Direction, stream: _Stream, data: memoryview
+    ) -> list[Event | memoryview]:
         """:meth:`receive_streaming` of at most one maximum-sized message's worth of bytes."""
-        buf = self._buffers[direction]
+        buf, migration_types, top, header, _ = stream
         out: list[Event | memoryview] = []
         pos, stop = 0, len(data)
-        while len(buf) and pos < stop:
+        type_and_size = self._type_and_size
+        while buf.pos != len(buf.data) and pos < stop:
+            held = len(buf.data) - buf.pos
+            if held >= header:
+                msg_type, size = type_and_size(buf.data, buf.pos)
+                missing = header + size - held
+                if missing <= stop - pos and msg_type not in migration_types:
+                    # An ordinary message completed by this read: joined in one copy.
+                    with memoryview(buf.data) as kept:
+                        unit = b"".join((kept[buf.pos :], data[pos : pos + missing]))
+                    buf.data, buf.pos = b"", 0
+                    buf.consumed += len(unit)
+                    out.append(memoryview(unit))
+                    pos += missing
+                    break
             taken = min(self._missing(direction, buf), stop - pos)
             out += self._receive(direction, data[pos : pos + taken])
             pos += taken
-        header, type_and_size = self._kind.size, self._type_and_size
-        migration_types = self._migration_types[direction]
-        # Migration types are few and low: most types need one comparison, not a set lookup.
-        top = max(migration_types, default=-1)
         last = stop - header
         while pos < stop:
             start = pos
             while pos <= last:
                 msg_type, size = type_and_size(data, pos)
+                # Migration types are few and low: most types take one comparison, no lookup.
                 if msg_type <= top and msg_type in migration_types:
                     break
                 end = pos + header + size
@@ -305,6 +330,11 @@ class SpiceConnection:
             out += self._receive(direction, data[pos:end])
             pos = end
         return out
+
+    def _stream_of(self, direction: Direction) -> _Stream:
+        types, header = self._migration_types[direction], self._kind.size
+        step = header + self.max_message_size
+        return (self._buffers[direction], types, max(types, default=-1), header, step)
 
     def _missing(self, direction: Direction, buf: _Buffer) -> int:
         """Bytes the data message held at the start of ``buf`` still lacks (its header's
@@ -345,7 +375,9 @@ class SpiceConnection:
     def buffered(self, direction: Direction) -> int:
         """Bytes received in ``direction`` that do not yet form a complete unit (all of a
         :meth:`room`, which is allocated whole)."""
-        held = len(self._buffers[direction])
+        streams = self._streams
+        buf = self._buffers[direction] if streams is None else streams[direction is _S2C][0]
+        held = len(buf.data) - buf.pos  # len(buf), without a call: once per read
         if self._rooms and direction in self._rooms:
             held += len(self._rooms[direction][0])
         return held
@@ -534,6 +566,7 @@ class SpiceConnection:
             )
         self.link_result = result
         self._stage[_C2S] = self._stage[_S2C] = _Stage.DATA
+        self._streams = (self._stream_of(_C2S), self._stream_of(_S2C))
         return LinkResultReceived(direction, raw, result)
 
     # --- data phase -------------------------------------------------------------------------
