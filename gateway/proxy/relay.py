@@ -9,6 +9,9 @@ holds no read buffer at all. That is safe because the loop is single-threaded an
 leg asks for the buffer again, with one exception that :meth:`Leg.send` takes care of: a
 transport may keep what it could not send at once.
 
+A message larger than the receive buffer is read straight into a buffer of its own size (its
+*room*, see :meth:`~gateway.spice.connection.SpiceConnection.room`) once its header is in.
+
 Backpressure: when a leg's transport holds more than its high-water mark of unsent bytes, the
 other leg stops reading until it drains.
 """

@@ -1,9 +1,10 @@
-"""The asyncio proxy: listeners, TLS, two pumps per connection around the sans-I/O core.
+"""The asyncio proxy: listeners, TLS, two protocol legs per connection around the sans-I/O core.
 
 One process serves every route of its config. Each accepted client connection gets its own
 upstream connection to spice-server, a :class:`~gateway.spice.connection.SpiceConnection` that
 frames both directions, and a :class:`~gateway.proxy.channel.ChannelHandler` that decides what
-to forward. The loop here only moves bytes, bounds resources and handles signals.
+to forward. The loop here only moves bytes (see :mod:`gateway.proxy.relay`), bounds resources
+and handles signals.
 """
 
 from __future__ import annotations
