@@ -19,6 +19,7 @@ other leg stops reading until it drains.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Protocol
 
 from gateway.spice.constants import Direction
@@ -28,6 +29,11 @@ __all__ = ["RECEIVE_SIZE", "Leg", "Owner", "ReceiveBuffer"]
 
 #: What one read takes at most: a few display updates, or a quarter of a large one.
 RECEIVE_SIZE = 256 * 1024
+
+#: Whether asyncio's socket transport may keep a view of what it is given rather than a copy
+#: of what it could not send at once: Python 3.11 copies the rest into its bytearray buffer,
+#: from 3.12 on it queues ``memoryview(data)[sent:]`` (selector_events, write()).
+TRANSPORT_KEEPS_VIEWS = sys.version_info >= (3, 12)
 
 
 class ReceiveBuffer:
@@ -152,20 +158,24 @@ class Leg(asyncio.BufferedProtocol):
         memoryview must be the caller's to give away).
 
         A plain socket transport with nothing queued sends at once and keeps only what the
-        socket did not take: Python 3.11 copies that remainder, later versions keep a view of
-        the memoryview itself. So a view goes out only to a transport with an empty queue,
-        and if any of it stayed queued the receive buffer is left to the transport. A TLS
-        transport queues what it is given before encrypting it, so it gets bytes.
+        socket did not take, a copy of it (see TRANSPORT_KEEPS_VIEWS) or a view. Where it may
+        keep a view, a view goes out only to a transport with an empty queue, and if any of it
+        stayed queued the receive buffer is left to the transport. A TLS transport queues what
+        it is given before encrypting it, so it gets bytes.
         """
         transport = self.transport
         if transport is None:
             return
         if type(data) is memoryview and data.obj is self.buffer.view.obj:
-            if self.tls or transport.get_write_buffer_size():
+            if self.tls:
                 transport.write(data.tobytes())
-                return
-            transport.write(data)
-            if transport.get_write_buffer_size():
-                self.buffer.give_up()
+            elif not TRANSPORT_KEEPS_VIEWS:
+                transport.write(data)
+            elif transport.get_write_buffer_size():
+                transport.write(data.tobytes())
+            else:
+                transport.write(data)
+                if transport.get_write_buffer_size():
+                    self.buffer.give_up()
             return
         transport.write(data)
