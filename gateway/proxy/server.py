@@ -131,6 +131,9 @@ class _Connection:
 
     def leg_made(self, leg: Leg) -> None:
         assert leg.transport is not None
+        if self.ended:  # spice-server's side, connected after the connection ended
+            leg.transport.close()
+            return
         leg.transport.set_write_buffer_limits(high=self.proxy.config.limits.max_buffered_bytes)
         if leg is self.client:
             self.handler = self.proxy._admit(self, leg.transport)
@@ -320,6 +323,9 @@ class _Connection:
                 error=str(error),
             )
             self.end()
+            return
+        except Exception as error:
+            self._failed(error)
             return
         if self.ended:
             return

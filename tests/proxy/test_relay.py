@@ -296,6 +296,39 @@ async def test_either_side_ending_closes_both(proxies: Proxies, side: str, how: 
         assert (await session.main.client_source.recv()).body == b"alive"
 
 
+async def test_an_upstream_connected_after_the_connection_ended_is_closed(
+    proxies: Proxies, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with proxies.pair(source_limits={"link_timeout": 0.5}) as rig:
+        loop = asyncio.get_running_loop()
+        real = loop.create_connection
+        upstream = rig.vm.source_server.address
+        release = asyncio.Event()
+        made: list[asyncio.BaseTransport] = []
+
+        async def connect(*args: Any, **kwargs: Any) -> Any:
+            await release.wait()
+            transport, protocol = await real(*args, **kwargs)
+            made.append(transport)
+            return transport, protocol
+
+        async def late(*args: Any, **kwargs: Any) -> Any:
+            if args[1:3] != upstream:
+                return await real(*args, **kwargs)
+            # Connects when released, even if the proxy gave up waiting by then.
+            return await asyncio.shield(connect(*args, **kwargs))
+
+        monkeypatch.setattr(loop, "create_connection", late)
+        _, writer = await bounded(asyncio.open_connection(*rig.vm.source), "a connection")
+        proxy = rig.source_proxy
+        await until(lambda: proxy.health()["connections"] == 1, "the client to be counted in")
+        # The upstream does not answer within the link timeout: the connection ends.
+        await until(lambda: proxy.health()["connections"] == 0, "the client to be counted out")
+        release.set()
+        await until(lambda: bool(made) and made[0].is_closing(), "the late upstream to close")
+        writer.close()
+
+
 # --- the shared receive buffer ---------------------------------------------------------------
 
 
