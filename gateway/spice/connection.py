@@ -28,7 +28,10 @@ Buffering: a data message is passed on only when the whole message has arrived, 
 one partial unit per direction stays buffered, bounded by ``max_message_size`` plus its header.
 Input is parsed where it lies while nothing is pending (a ``bytes`` read of whole messages is
 relayed without a copy); otherwise it is appended to a ``bytearray`` consumed from an offset
-and compacted lazily, so a message arriving in many small reads costs linear time.
+and compacted lazily, so a message arriving in many small reads costs linear time. For a loop
+that reads into one reused buffer, ``receive_streaming`` returns the runs of ordinary messages
+as views of that buffer and copies only what it must keep, and ``room`` / ``filled`` let a
+large ordinary message be read straight into a buffer of its own.
 
 Any refusal raises :class:`~gateway.errors.ProtocolError`; the connection is then dead, and
 every later call raises again (events parsed earlier in the failing call are dropped with it:
