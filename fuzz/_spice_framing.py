@@ -11,7 +11,10 @@ nothing was refused; each pass-through run is exactly ``count`` whole messages, 
 migration message of the channel and direction, each within the maximum message size; each
 migration message is its header and body, decodes the same through ``decode_migration``, and
 re-frames around its own body to its own bytes (``sub_list`` cleared); a connection that
-refused once is broken and refuses any further input from either side.
+refused once is broken and refuses any further input from either side. The same input, split
+the same way, through ``receive_streaming`` from one receive buffer overwritten after every
+read (a proxy's), with a large message read into its ``room`` as the proxy does, gives the
+same migration messages, the same relayed bytes between them and the same refusal.
 """
 
 import struct
@@ -47,6 +50,37 @@ def check_framing(data: bytes, direction: Direction) -> None:
     cuts = struct.unpack_from(f"<{count}H", data, 2)
     payload = data[2 + 2 * count :]
     channel = ChannelType.MAIN if flags & 4 else ChannelType.DISPLAY
+    conn = linked(channel, flags)
+    if direction is Direction.CLIENT_TO_SERVER:
+        receive = conn.receive_from_client
+    else:
+        receive = conn.receive_from_server
+
+    points = sorted(cut % (len(payload) + 1) for cut in cuts)
+    pieces = [payload[a:b] for a, b in zip([0, *points], [*points, len(payload)], strict=True)]
+    accepted = bytearray()
+    plain: list[object] = []
+    try:
+        for piece in pieces:
+            events = receive(piece)
+            for event in events:
+                check_run(event, conn.header_kind or HeaderKind.MINI, channel)
+            accepted += b"".join(event.raw for event in events)
+            plain += events
+    except GatewayError as error:
+        _harness.check_refusal(error, len(payload))
+        if not payload.startswith(accepted):
+            raise _harness.OracleFailure("accepted bytes are not a prefix of the input") from None
+        check_broken(conn)
+        check_streaming(linked(channel, flags), direction, pieces, plain, str(error))
+        return
+    if bytes(accepted) + payload[len(payload) - conn.buffered(direction) :] != payload:
+        raise _harness.OracleFailure("raw slices do not add up to the consumed input")
+    check_streaming(linked(channel, flags), direction, pieces, plain, None)
+
+
+def linked(channel: int, flags: int) -> SpiceConnection:
+    """A connection past a scripted, valid link stage."""
     conn = SpiceConnection(max_message_size=MAX_MESSAGE_SIZE)
     for side, unit in link_exchange(
         channel, mini_header=bool(flags & 1), auth_selection=bool(flags & 2)
@@ -55,29 +89,66 @@ def check_framing(data: bytes, direction: Direction) -> None:
             conn.receive_from_client(unit)
         else:
             conn.receive_from_server(unit)
-    if direction is Direction.CLIENT_TO_SERVER:
-        receive = conn.receive_from_client
-    else:
-        receive = conn.receive_from_server
+    return conn
 
-    points = sorted(cut % (len(payload) + 1) for cut in cuts)
-    accepted = bytearray()
-    start = 0
+
+#: A message at least this large (header included) is read into a room of its own, as the
+#: proxy does with what does not fit its receive buffer.
+ROOM_AT = 1024
+
+
+def check_streaming(
+    conn: SpiceConnection,
+    direction: Direction,
+    pieces: list[bytes],
+    plain: list[object],
+    refusal: str | None,
+) -> None:
+    """The pieces through ``receive_streaming`` give what the plain API gave (see above)."""
+    buffer = bytearray(max((len(piece) for piece in pieces), default=0))
+    got: list[object] = []
+    items: list[object] = []
     try:
-        for point in [*points, len(payload)]:
-            events = receive(payload[start:point])
-            for event in events:
-                check_run(event, conn.header_kind or HeaderKind.MINI, channel)
-            accepted += b"".join(event.raw for event in events)
-            start = point
+        for piece in pieces:
+            # Like the plain API, a refusal drops what its read gave before it.
+            got, items = got + items, []
+            at = 0
+            while at < len(piece):
+                room = conn.room(direction, ROOM_AT)
+                if room is not None:
+                    taken = min(len(room), len(piece) - at)
+                    room[:taken] = piece[at : at + taken]
+                    new = conn.filled(direction, taken)
+                else:
+                    taken = len(piece) - at
+                    buffer[:taken] = piece[at:]
+                    new = conn.receive_streaming(direction, memoryview(buffer)[:taken])
+                items += [bytes(item) if isinstance(item, memoryview) else item for item in new]
+                buffer[:] = b"\xee" * len(buffer)
+                at += taken
     except GatewayError as error:
-        _harness.check_refusal(error, len(payload))
-        if not payload.startswith(accepted):
-            raise _harness.OracleFailure("accepted bytes are not a prefix of the input") from None
-        check_broken(conn)
-        return
-    if bytes(accepted) + payload[len(payload) - conn.buffered(direction) :] != payload:
-        raise _harness.OracleFailure("raw slices do not add up to the consumed input")
+        if str(error) != refusal:
+            raise _harness.OracleFailure(
+                f"streaming refused otherwise: {error} (plain: {refusal})"
+            ) from None
+    else:
+        if refusal is not None:
+            raise _harness.OracleFailure(f"streaming took what the plain API refused: {refusal}")
+        got += items
+    if merged(got) != merged(plain):
+        raise _harness.OracleFailure("streaming gave other events or relayed other bytes")
+
+
+def merged(items: list[object]) -> list[object]:
+    """Relayed runs joined where adjacent (how they fall may differ), other events as they are."""
+    out: list[object] = []
+    for item in items:
+        run = item.raw if isinstance(item, Passthrough) else item
+        if isinstance(run, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += run
+        else:
+            out.append(run)
+    return out
 
 
 def check_broken(conn: SpiceConnection) -> None:

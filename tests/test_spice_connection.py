@@ -708,3 +708,201 @@ def test_a_linked_connection_stays_small() -> None:
     assert not hasattr(conn, "__dict__")
     with pytest.raises(AttributeError):
         conn.unexpected = 1  # type: ignore[attr-defined]
+
+
+# --- streaming: runs relayed as views of a reused receive buffer ----------------------------------
+
+Item = Event | memoryview
+
+
+def streamed(conn: SpiceConnection, direction: Direction, pieces: list[bytes]) -> list[object]:
+    """Every piece through ``receive_streaming`` from one buffer that is overwritten after each
+    call, as a proxy's receive buffer is; views are copied out at once, as a relay writes them."""
+    buffer = bytearray(max((len(p) for p in pieces), default=0))
+    out: list[object] = []
+    for piece in pieces:
+        buffer[: len(piece)] = piece
+        items = conn.receive_streaming(direction, memoryview(buffer)[: len(piece)])
+        out += [item.tobytes() if isinstance(item, memoryview) else item for item in items]
+        buffer[:] = b"\xee" * len(buffer)
+    return out
+
+
+def merged(items: list[object]) -> list[object]:
+    """Runs of ordinary messages (Passthrough events or relayed bytes) joined where adjacent:
+    how runs fall may differ between the two APIs, what they carry and where not."""
+    out: list[object] = []
+    for item in items:
+        run = item.raw if isinstance(item, Passthrough) else item
+        if isinstance(run, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += run
+        else:
+            out.append(run)
+    return out
+
+
+def pieces_of(stream: bytes, cuts: list[int]) -> list[bytes]:
+    return [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    direction=st.sampled_from(Direction),
+    mini=st.booleans(),
+    limit=st.sampled_from([1 << 20, 48]),
+    plan=st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=60)),
+            st.integers(0, 1),  # index into MIGRATION_UNITS
+        ),
+        max_size=30,
+    ),
+    data=st.data(),
+)
+def test_streaming_gives_the_plain_events_for_any_split(
+    direction: Direction,
+    mini: bool,
+    limit: int,
+    plan: list[tuple[int, bytes] | int],
+    data: st.DataObject,
+) -> None:
+    kind = HeaderKind.MINI if mini else HeaderKind.FULL
+    units = [
+        MIGRATION_UNITS[direction][item].encode(kind)
+        if isinstance(item, int)
+        else encode_data_message(kind, item[0], item[1])
+        for item in plan
+    ]
+    stream = b"".join(units)
+    pieces = pieces_of(stream, sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8))))
+    plain, streaming = SpiceConnection(max_message_size=limit), SpiceConnection(
+        max_message_size=limit
+    )
+    for conn in (plain, streaming):
+        feed(conn, link_exchange(ChannelType.DISPLAY, mini_header=mini))
+    receive = plain.receive_from_client if direction is C2S else plain.receive_from_server
+    expected: list[object] = []
+    refusal: str | None = None
+    try:
+        for piece in pieces:
+            expected += receive(piece)
+    except ProtocolError as error:
+        refusal = str(error)
+    if refusal is not None:
+        # The same refusal, with the same offset.
+        with pytest.raises(ProtocolError) as caught:
+            streamed(streaming, direction, pieces)
+        assert str(caught.value) == refusal
+        return
+    assert merged(streamed(streaming, direction, pieces)) == merged(expected)
+    assert streaming.buffered(direction) == plain.buffered(direction)
+
+
+def test_streamed_runs_are_views_of_the_input() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    stream = encode_data_message(HeaderKind.MINI, 102, bytes(5000)) * 3
+    buffer = bytearray(stream + b"\0\0")  # a partial header after the whole messages
+    (run,) = conn.receive_streaming(S2C, memoryview(buffer))
+    assert isinstance(run, memoryview)
+    assert run.obj is buffer
+    assert run == stream
+    assert conn.buffered(S2C) == 2
+
+
+def test_streaming_completes_a_held_message_with_what_it_lacks_only() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    first = encode_data_message(HeaderKind.MINI, 102, bytes(range(200)))
+    rest = encode_data_message(HeaderKind.MINI, 103, b"x" * 300) * 2
+    assert conn.receive_streaming(S2C, memoryview(first[:50])) == []
+    buffer = bytearray(first[50:] + rest)
+    held, run = conn.receive_streaming(S2C, memoryview(buffer))
+    # The held message, completed: a copy of its own, not a view of the caller's buffer.
+    assert isinstance(held, memoryview)
+    assert held.obj is not buffer
+    assert held == first
+    # Everything after the held message is relayed from the caller's buffer, uncopied.
+    assert isinstance(run, memoryview)
+    assert run.obj is buffer
+    assert run == rest
+    assert conn.buffered(S2C) == 0
+
+
+def test_streaming_in_the_link_stage_is_the_plain_api() -> None:
+    plain, streaming = SpiceConnection(), SpiceConnection()
+    for direction, unit in link_exchange(ChannelType.DISPLAY):
+        receive = plain.receive_from_client if direction is C2S else plain.receive_from_server
+        assert streaming.receive_streaming(direction, memoryview(bytearray(unit))) == receive(
+            unit
+        )
+    assert streaming.state is ConnectionState.ESTABLISHED
+
+
+def test_streaming_refusal_names_the_stream_offset() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    ordinary = encode_data_message(HeaderKind.MINI, 102, bytes(10))
+    oversized = struct.pack("<HI", 102, conn.max_message_size + 1)
+    with pytest.raises(ProtocolError) as plain:
+        linked(ChannelType.DISPLAY).receive_from_server(ordinary + oversized)
+    linked_at = len(by_direction(link_exchange(ChannelType.DISPLAY), S2C))
+    assert f"at stream offset {linked_at + len(ordinary)}:" in str(plain.value)
+    with pytest.raises(ProtocolError) as caught:
+        conn.receive_streaming(S2C, memoryview(ordinary + oversized))
+    assert str(caught.value) == str(plain.value)
+    with pytest.raises(ProtocolError, match="already failed"):
+        conn.receive_streaming(S2C, memoryview(ordinary))
+
+
+def test_a_large_message_is_read_into_a_room_of_its_own() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    body = bytes(range(256)) * 4096  # 1 MiB
+    message = encode_data_message(HeaderKind.MINI, 102, body)
+    after = encode_data_message(HeaderKind.MINI, 103, b"next")
+    assert conn.room(S2C, 1000) is None  # nothing partial
+    assert conn.receive_streaming(S2C, memoryview(message[:1000])) == []
+    assert conn.room(S2C, len(message) + 1) is None  # smaller than asked for
+    room = conn.room(S2C, len(message))
+    assert room is not None
+    assert len(room) == len(message) - 1000
+    # The room is counted whole: it is allocated whole.
+    assert conn.buffered(S2C) == len(message)
+    for start in range(0, len(room) - 4096, 4096):
+        room[start : start + 4096] = message[1000 + start : 1000 + start + 4096]
+        assert conn.filled(S2C, 4096) == []
+    # The next call hands out what is still missing, from where the reads stopped.
+    tail = conn.room(S2C, len(message))
+    assert tail is not None
+    assert len(tail) < 4096
+    tail[:] = message[len(message) - len(tail) :]
+    (whole_message,) = conn.filled(S2C, len(tail))
+    assert isinstance(whole_message, memoryview)
+    assert whole_message == message
+    assert conn.buffered(S2C) == 0
+    # The stream offset went on past the message.
+    (run,) = conn.receive_streaming(S2C, memoryview(after))
+    assert run == after
+    offset = len(by_direction(link_exchange(ChannelType.DISPLAY), S2C)) + len(message + after)
+    with pytest.raises(ProtocolError, match=f"at stream offset {offset}:"):
+        conn.receive_streaming(S2C, memoryview(struct.pack("<HI", 1, 1 << 30)))
+
+
+def test_bytes_for_a_room_that_come_another_way_fill_it() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    message = encode_data_message(HeaderKind.MINI, 102, bytes(range(256)) * 1024)
+    after = encode_data_message(HeaderKind.MINI, 103, b"next")
+    conn.receive_streaming(S2C, memoryview(message[:10]))
+    assert conn.room(S2C, 1) is not None
+    assert conn.receive_streaming(S2C, memoryview(message[10:5000])) == []
+    done = conn.receive_streaming(S2C, memoryview(message[5000:] + after))
+    assert [bytes(item) for item in done if isinstance(item, memoryview)] == [message, after]
+    assert conn.buffered(S2C) == 0
+
+
+def test_migration_messages_get_no_room() -> None:
+    conn = linked(ChannelType.DISPLAY)
+    data = MigrateData(b"DCMD" + bytes(5000)).encode(HeaderKind.MINI)
+    conn.receive_streaming(S2C, memoryview(data[:100]))
+    # It is decoded from the connection's own buffer, as ever.
+    assert conn.room(S2C, 1) is None
+    (message,) = conn.receive_streaming(S2C, memoryview(data[100:]))
+    assert isinstance(message, Message)
+    assert message.raw == data

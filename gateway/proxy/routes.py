@@ -16,7 +16,7 @@ import functools
 import logging
 import os
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,7 +36,8 @@ Origin = Literal["config", "control"]
 #: (client-facing TLS, upstream TLS) of one route; either may be None.
 TlsContexts = tuple[ssl.SSLContext | None, ssl.SSLContext | None]
 
-Accept = Callable[[Route, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+#: A new client connection of a route: its protocol, and what ends when the connection does.
+Accept = Callable[[Route], tuple[asyncio.BaseProtocol, asyncio.Future[None]]]
 
 
 @dataclass
@@ -46,7 +47,7 @@ class _Listener:
     server: asyncio.AbstractServer
     address: tuple[str, int]
     upstream_tls: ssl.SSLContext | None
-    connections: set[asyncio.Task[Any]] = field(default_factory=set)
+    connections: set[asyncio.Future[None]] = field(default_factory=set)
 
 
 @dataclass
@@ -77,12 +78,10 @@ class RouteTable:
         accept: Accept,
         tls: Callable[[Route], TlsContexts],
         handshake_timeout: Callable[[], float],
-        read_limit: int,
     ) -> None:
         self._accept = accept
         self._tls = tls
         self._handshake_timeout = handshake_timeout
-        self._read_limit = read_limit
         self._active: dict[str, _Listener] = {}
         #: Removed or replaced listeners whose connections have not all ended yet.
         self._draining: list[_Listener] = []
@@ -231,14 +230,13 @@ class RouteTable:
             self._retire(current, "route_replaced", f"route {route.name} replaced; draining")
         slot: dict[str, _Listener] = {}
         try:
-            server = await asyncio.start_server(
+            server = await asyncio.get_running_loop().create_server(
                 functools.partial(self._serve, slot),
                 listen[0],
                 listen[1],
                 ssl=client_tls,
                 # A TLS handshake is part of linking: bound it the same way.
                 ssl_handshake_timeout=self._handshake_timeout() if client_tls else None,
-                limit=self._read_limit,
                 reuse_address=True,
             )
         except OSError as error:
@@ -294,28 +292,23 @@ class RouteTable:
             draining=len(listener.connections),
         )
 
-    async def _serve(
-        self,
-        slot: dict[str, _Listener],
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-    ) -> None:
+    def _serve(self, slot: dict[str, _Listener]) -> asyncio.BaseProtocol:
         listener = slot["listener"]
-        task = asyncio.current_task()
-        assert task is not None
-        listener.connections.add(task)
-        try:
-            await self._accept(listener.route, reader, writer)
-        finally:
-            listener.connections.discard(task)
-            if not listener.connections and listener in self._draining:
-                self._draining.remove(listener)
-                audit(
-                    "route_drained",
-                    f"route {listener.route.name}: last connection of the old listener ended",
-                    route=listener.route.name,
-                    vm=str(listener.route.vm_id),
-                )
+        protocol, done = self._accept(listener.route)
+        listener.connections.add(done)
+        done.add_done_callback(functools.partial(self._ended, listener))
+        return protocol
+
+    def _ended(self, listener: _Listener, done: asyncio.Future[None]) -> None:
+        listener.connections.discard(done)
+        if not listener.connections and listener in self._draining:
+            self._draining.remove(listener)
+            audit(
+                "route_drained",
+                f"route {listener.route.name}: last connection of the old listener ended",
+                route=listener.route.name,
+                vm=str(listener.route.vm_id),
+            )
 
 
 def _row(listener: _Listener, status: str) -> dict[str, Any]:

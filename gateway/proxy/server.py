@@ -1,21 +1,21 @@
-"""The asyncio proxy: listeners, TLS, two pumps per connection around the sans-I/O core.
+"""The asyncio proxy: listeners, TLS, two protocol legs per connection around the sans-I/O core.
 
 One process serves every route of its config. Each accepted client connection gets its own
 upstream connection to spice-server, a :class:`~gateway.spice.connection.SpiceConnection` that
 frames both directions, and a :class:`~gateway.proxy.channel.ChannelHandler` that decides what
-to forward. The loop here only moves bytes, bounds resources and handles signals.
+to forward. The loop here only moves bytes (see :mod:`gateway.proxy.relay`), bounds resources
+and handles signals.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from gateway.proxy.channel import AWAITED, ChannelHandler, ProxyState, client_ad
 from gateway.proxy.config import ProxyConfig, Route, parse_address
 from gateway.proxy.lifecycle import Lifecycle
 from gateway.proxy.peer import PeerLinkServer, make_announcer
+from gateway.proxy.relay import RECEIVE_SIZE, Leg, ReceiveBuffer
 from gateway.proxy.routes import RouteTable, os_reason
 from gateway.proxy.sessions import SessionTable
 from gateway.proxy.warmup import warm_up
@@ -35,11 +36,13 @@ from gateway.service.logs import LOG, audit, log
 from gateway.service.metrics import Metrics
 from gateway.spice.connection import ConnectionState, SpiceConnection
 from gateway.spice.constants import Direction
-from gateway.spice.events import Message, Passthrough
+from gateway.spice.events import Event, Message, Passthrough
 
 __all__ = ["ProxyServer", "run_proxy"]
 
-READ_SIZE = 256 * 1024
+#: The most one read of either side takes.
+READ_SIZE = RECEIVE_SIZE
+
 #: A sealed blob is larger than its native payload; allow for the envelope's framing.
 ENVELOPE_SLACK = 64 * 1024
 
@@ -77,58 +80,259 @@ def _reason(error: OSError) -> str:
 
 
 class _Connection:
-    """One proxied channel: the client's streams, spice-server's, and the two pumps."""
+    """One proxied channel: the client's leg, spice-server's, and the sans-I/O core between.
 
-    def __init__(
-        self,
-        proxy: ProxyServer,
-        route: Route,
-        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        peer: str,
-    ) -> None:
+    No task of its own: the legs call it when bytes arrive, and only a migration message that
+    waits (sealing, opening, announcing) runs in a task while that side stops reading. ``done``
+    ends once both sides are closed; cancelling it (stop()) closes them.
+    """
+
+    __slots__ = (
+        "client",
+        "done",
+        "ended",
+        "handler",
+        "proxy",
+        "route",
+        "server",
+        "spice",
+        "tasks",
+        "watchdog",
+    )
+
+    def __init__(self, proxy: ProxyServer, route: Route) -> None:
         self.proxy = proxy
         self.route = route
-        self.client_reader, self.client_writer = client
-        self.server_reader, self.server_writer = upstream
         limits = proxy.config.limits
         self.spice = SpiceConnection(max_message_size=limits.max_message_size + ENVELOPE_SLACK)
-        self.handler = ChannelHandler(proxy.state, route, peer)
-        #: Bytes of partial messages this connection holds, per direction, as counted in the
-        #: proxy's memory budget.
-        self.held = {Direction.CLIENT_TO_SERVER: 0, Direction.SERVER_TO_CLIENT: 0}
-        for writer in (self.client_writer, self.server_writer):
-            transport = writer.transport
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.set_write_buffer_limits(high=limits.max_buffered_bytes)
-
-    async def run(self) -> None:
-        limits = self.proxy.config.limits
-        pumps = [
-            asyncio.create_task(
-                self._pump(self.client_reader, self.server_writer, Direction.CLIENT_TO_SERVER)
-            ),
-            asyncio.create_task(
-                self._pump(self.server_reader, self.client_writer, Direction.SERVER_TO_CLIENT)
-            ),
-        ]
+        self.handler: ChannelHandler | None = None
+        self.client = Leg(self, Direction.CLIENT_TO_SERVER, proxy.receive_buffer)
+        self.server = Leg(self, Direction.SERVER_TO_CLIENT, proxy.receive_buffer)
+        self.client.other, self.server.other = self.server, self.client
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.done.add_done_callback(self._done)
+        #: Connecting upstream, rewriting a migration message.
+        self.tasks: set[asyncio.Task[None]] = set()
         # A timer handle, not a task: an idle session holds less.
-        watchdog = asyncio.get_running_loop().call_later(limits.link_timeout, self._link_timed_out)
+        self.watchdog: asyncio.TimerHandle | None = None
+        self.ended = False
+
+    @property
+    def client_writer(self) -> Leg:
+        """The client's leg (its ``transport`` carries what is written to the client)."""
+        return self.client
+
+    @property
+    def server_writer(self) -> Leg:
+        """spice-server's leg."""
+        return self.server
+
+    # --- the legs' calls ---------------------------------------------------------------------
+
+    def leg_made(self, leg: Leg) -> None:
+        assert leg.transport is not None
+        if self.ended:  # spice-server's side, connected after the connection ended
+            leg.transport.close()
+            return
+        leg.transport.set_write_buffer_limits(high=self.proxy.config.limits.max_buffered_bytes)
+        if leg is self.client:
+            self.handler = self.proxy._admit(self, leg.transport)
+            if self.handler is None:
+                self.end()
+                return
+            # Nothing to relay to yet.
+            leg.transport.pause_reading()
+            self._spawn(self._connect())
+
+    def received(self, leg: Leg, data: memoryview) -> None:
+        if self.ended:
+            return
         try:
-            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            self._handle(leg, self.spice.receive_streaming(leg.direction, data))
+        except Exception as error:
+            self._failed(error)
+
+    def room(self, leg: Leg) -> memoryview | None:
+        """A large message's own buffer to read into, while the memory budget allows it
+        (the leg asks only while a partial message is held)."""
+        if self.ended:
+            return None
+        direction = leg.direction
+        room = self.spice.room(direction, RECEIVE_SIZE + 1)
+        if room is not None and not self._within_budget(leg, self.spice.buffered(direction)):
+            self.end()
+        return room
+
+    def filled(self, leg: Leg, nbytes: int) -> None:
+        if self.ended:
+            return
+        try:
+            self._handle(leg, self.spice.filled(leg.direction, nbytes))
+        except Exception as error:
+            self._failed(error)
+
+    def _handle(self, leg: Leg, events: list[Event | memoryview]) -> None:
+        held = self.spice.buffered(leg.direction)
+        # The budget can only be exceeded by a connection whose partial message grows.
+        if held != leg.partial and not self._within_budget(leg, held):
+            self.end()
+        elif leg.held is not None:
+            # A migration message is being rewritten: these go after it.
+            leg.held += _copied(events)
+        elif len(events) == 1 and type(events[0]) is memoryview:
+            # Most reads: one run of ordinary messages.
+            run = events[0]
+            leg.other.send(run)
+            self.proxy.metrics.inc("smg_bytes_total", len(run), sender=leg.sender)
+        elif events:
+            self._relay(leg, events)
+
+    def leg_ended(self, leg: Leg) -> None:
+        self.end()
+
+    def leg_lost(self, leg: Leg) -> None:
+        self.end()
+        if not self.client.open and not self.server.open and not self.done.done():
+            self.done.set_result(None)
+
+    # --- relaying ----------------------------------------------------------------------------
+
+    def _relay(self, leg: Leg, events: Sequence[Event | memoryview | bytes]) -> None:
+        """Write ``events`` to the other side in order; at a migration message that waits,
+        hold the rest back (copied: the receive buffer is reused) and rewrite it first."""
+        out, forward = leg.other, self.handler.forward if self.handler else None
+        assert forward is not None
+        pending: list[bytes] = []
+        total = 0
+        for index, event in enumerate(events):
+            if type(event) is memoryview:
+                if pending:
+                    out.send(b"".join(pending))
+                    pending = []
+                out.send(event)
+                total += len(event)
+                continue
+            if type(event) is bytes:  # held back behind a rewrite
+                pending.append(event)
+                total += len(event)
+                continue
+            assert isinstance(event, Event)
+            if type(event) is Message and isinstance(event.migration, AWAITED):
+                if pending:
+                    out.send(b"".join(pending))
+                leg.held = _copied(events[index + 1 :])
+                leg.update_reading()
+                self._spawn(self._rewrite(leg, event))
+                break
+            unit = event.raw if type(event) is Passthrough else forward(event)
+            pending.append(unit)
+            total += len(unit)
+        else:
+            if pending:
+                out.send(pending[0] if len(pending) == 1 else b"".join(pending))
+        if total:
+            self.proxy.metrics.inc("smg_bytes_total", total, sender=leg.sender)
+
+    async def _rewrite(self, leg: Leg, event: Message) -> None:
+        assert self.handler is not None
+        # Counted until its result is written: stop() must not cut a migration whose last
+        # blob was opened but not yet passed on.
+        self.proxy.rewriting += 1
+        try:
+            unit = await self.handler.rewrite(event)
+            if self.ended:
+                return
+            leg.other.send(unit)
+            self.proxy.metrics.inc("smg_bytes_total", len(unit), sender=leg.sender)
+        except Exception as error:
+            self._failed(error)
+            return
         finally:
-            watchdog.cancel()
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            self.proxy.buffered_total -= sum(self.held.values())
-            self.held = dict.fromkeys(self.held, 0)
-            self.handler.close()
-            for writer in (self.client_writer, self.server_writer):
-                writer.close()
-            for writer in (self.client_writer, self.server_writer):
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(writer.wait_closed(), timeout=2)
+            self.proxy.rewriting -= 1
+        held, leg.held = leg.held or [], None
+        try:
+            self._relay(leg, held)
+        except Exception as error:
+            self._failed(error)
+            return
+        leg.update_reading()
+
+    def _failed(self, error: Exception) -> None:
+        """Report why the channel closes (a refusal, a lost peer, a bug of ours) and close."""
+        handler = self.handler
+        if isinstance(error, GatewayError) and handler is not None:
+            # The handler already audited and counted migration refusals; framing errors
+            # (malformed units, SASL, oversized messages) are counted and logged here.
+            if not handler.refused:
+                self.proxy.metrics.inc(
+                    "smg_refused_total", reason="protocol", channel=handler.channel_kind
+                )
+            log(
+                logging.WARNING,
+                "closing channel",
+                route=self.route.name,
+                channel=handler.channel,
+                peer=handler.peer,
+                error=type(error).__name__,
+                detail=str(error),
+            )
+        elif not isinstance(error, ConnectionError | OSError):
+            # A bug of ours: close this channel, keep serving.
+            LOG.error(
+                "internal error; closing channel",
+                exc_info=error,
+                extra={
+                    "fields": {
+                        "route": self.route.name,
+                        "channel": handler.channel if handler else "unlinked:0",
+                        "error": type(error).__name__,
+                    }
+                },
+            )
+        self.end()
+
+    # --- set-up and teardown -----------------------------------------------------------------
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _connect(self) -> None:
+        route, limits = self.route, self.proxy.config.limits
+        host, port = parse_address(route.upstream)
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().create_connection(
+                    lambda: self.server,
+                    host,
+                    port,
+                    ssl=self.proxy.routes.upstream_tls(route),
+                    server_hostname=route.upstream_server_name or host
+                    if route.upstream_tls
+                    else None,
+                ),
+                timeout=limits.link_timeout,
+            )
+        except (OSError, TimeoutError) as error:
+            log(
+                logging.WARNING,
+                "upstream unreachable",
+                route=route.name,
+                upstream=route.upstream,
+                error=str(error),
+            )
+            self.end()
+            return
+        except Exception as error:
+            self._failed(error)
+            return
+        if self.ended:
+            return
+        self.watchdog = asyncio.get_running_loop().call_later(
+            limits.link_timeout, self._link_timed_out
+        )
+        self.client.update_reading()
 
     def _link_timed_out(self) -> None:
         """A peer that never finishes the link stage holds nothing for long."""
@@ -140,90 +344,52 @@ class _Connection:
                 logging.WARNING,
                 "link stage timed out",
                 route=self.route.name,
-                peer=self.handler.peer,
+                peer=self.handler.peer if self.handler else "",
             )
-            self.client_writer.close()
-            self.server_writer.close()
+            self.end()
 
-    async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: Direction
-    ) -> None:
-        receive = (
-            self.spice.receive_from_client
-            if direction is Direction.CLIENT_TO_SERVER
-            else self.spice.receive_from_server
-        )
-        forward = self.handler.forward
-        metrics = self.proxy.state.metrics
-        label = direction.sender
-        try:
-            while True:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    return
-                out = _Output(writer)
-                events = receive(data)
-                if not self._within_budget(direction):
-                    return
-                for event in events:
-                    if type(event) is Passthrough:
-                        # The bulk of the traffic: a run of ordinary messages, relayed as is.
-                        out.add(event.raw)
-                        continue
-                    if type(event) is Message and isinstance(event.migration, AWAITED):
-                        # What came before is already decided; send it first.
-                        out.flush()
-                        # Counted until its result is written: stop() must not cut a
-                        # migration whose last blob was opened but not yet passed on.
-                        self.proxy.rewriting += 1
-                        try:
-                            out.add(await self.handler.rewrite(event))
-                        finally:
-                            self.proxy.rewriting -= 1
-                        continue
-                    out.add(forward(event))
-                out.flush()
-                metrics.inc("smg_bytes_total", out.total, sender=label)
-                await writer.drain()
-        except GatewayError as error:
-            # The handler already audited and counted migration refusals; framing errors
-            # (malformed units, SASL, oversized messages) are counted and logged here.
-            if not self.handler.refused:
-                metrics.inc(
-                    "smg_refused_total", reason="protocol", channel=self.handler.channel_kind
-                )
-            log(
-                logging.WARNING,
-                "closing channel",
-                route=self.route.name,
-                channel=self.handler.channel,
-                peer=self.handler.peer,
-                error=type(error).__name__,
-                detail=str(error),
-            )
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+    def end(self) -> None:
+        """Close both sides (each after writing what it holds); ``done`` follows once both
+        are closed, or after a grace of 2 s for a side that does not take its last bytes."""
+        if self.ended:
             return
-        except Exception as error:
-            # A bug of ours: close this channel (the caller closes both sides), keep serving.
-            LOG.exception(
-                "internal error; closing channel",
-                extra={
-                    "fields": {
-                        "route": self.route.name,
-                        "channel": self.handler.channel,
-                        "error": type(error).__name__,
-                    }
-                },
-            )
+        self.ended = True
+        for task in self.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+        for leg in (self.client, self.server):
+            self.proxy.buffered_total -= leg.partial
+            leg.partial = 0
+        if self.handler is not None:
+            self.handler.close()
+        for leg in (self.client, self.server):
+            if leg.transport is not None:
+                leg.transport.close()
+        if not self.client.open and not self.server.open:
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        asyncio.get_running_loop().call_later(2, self._closed_enough)
 
+    def _closed_enough(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
-    def _within_budget(self, direction: Direction) -> bool:
-        """Count this direction's partial message in the proxy's memory budget; False (after a
-        log line and a metric) when the budget is spent: the caller closes the channel."""
-        held = self.spice.buffered(direction)
+    def _done(self, done: asyncio.Future[None]) -> None:
+        # stop() cancels what is left after the grace period.
+        if done.cancelled():
+            self.end()
+        self.proxy._release(self)
+
+    def _within_budget(self, leg: Leg, held: int) -> bool:
+        """Count the partial message ``leg`` received, ``held`` bytes now, in the proxy's
+        memory budget; False (after a log line and a metric) when the budget is spent: the
+        caller closes the channel."""
         proxy = self.proxy
-        proxy.buffered_total += held - self.held[direction]
-        self.held[direction] = held
+        proxy.buffered_total += held - leg.partial
+        leg.partial = held
         budget = proxy.config.limits.max_buffered_total
         if proxy.buffered_total <= budget:
             return True
@@ -232,46 +398,17 @@ class _Connection:
             logging.WARNING,
             "memory budget for partial messages exhausted; closing channel",
             route=self.route.name,
-            channel=self.handler.channel,
-            peer=self.handler.peer,
+            channel=self.handler.channel if self.handler else "unlinked:0",
+            peer=self.handler.peer if self.handler else "",
             held=held,
             budget=budget,
         )
         return False
 
 
-class _Output:
-    """What one read produced, written with as few sends and copies as possible: small units
-    (link units, migration messages, short runs of messages) are joined into one write, large
-    ones are written on their own (joining would copy them)."""
-
-    __slots__ = ("pending", "pending_size", "total", "writer")
-
-    #: Units at least this large are not worth joining with their neighbours.
-    LARGE = 64 * 1024
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self.writer = writer
-        self.pending: list[bytes] = []
-        self.pending_size = 0
-        self.total = 0
-
-    def add(self, unit: bytes) -> None:
-        if len(unit) >= self.LARGE:
-            self.flush()
-            self.writer.write(unit)
-            self.total += len(unit)
-        else:
-            self.pending.append(unit)
-            self.pending_size += len(unit)
-
-    def flush(self) -> None:
-        if self.pending:
-            pending = self.pending
-            self.writer.write(pending[0] if len(pending) == 1 else b"".join(pending))
-            self.total += self.pending_size
-            self.pending = []
-            self.pending_size = 0
+def _copied(events: Sequence[Event | memoryview | bytes]) -> list[Event | memoryview | bytes]:
+    """``events`` with what lies in the receive buffer copied out, to keep for later."""
+    return [e.tobytes() if type(e) is memoryview else e for e in events]
 
 
 class ProxyServer:
@@ -317,12 +454,14 @@ class ProxyServer:
             if config.peer_listen
             else None
         )
-        self._connections: set[asyncio.Task[None]] = set()
+        #: Each open connection's ``done`` (see _Connection).
+        self._connections: set[asyncio.Future[None]] = set()
+        #: What every connection reads into (see gateway.proxy.relay).
+        self.receive_buffer = ReceiveBuffer()
         self.routes = RouteTable(
             self._accept,
             lambda route: (_client_tls(route), _upstream_tls(route)),
             lambda: self.config.limits.link_timeout,
-            READ_SIZE,
         )
         self.lifecycle = Lifecycle(self, config_path)
         self._per_route: Counter[str] = Counter()
@@ -419,10 +558,17 @@ class ProxyServer:
 
     # --- connections -----------------------------------------------------------------------------
 
-    async def _accept(
-        self, route: Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peername = writer.get_extra_info("peername")
+    def _accept(self, route: Route) -> tuple[Leg, asyncio.Future[None]]:
+        """A new client connection's leg, and what ends when the connection does."""
+        connection = _Connection(self, route)
+        return connection.client, connection.done
+
+    def _admit(
+        self, connection: _Connection, transport: asyncio.Transport
+    ) -> ChannelHandler | None:
+        """Count a connected client in, or None (logged) when a connection limit is reached."""
+        route = connection.route
+        peername = transport.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         client = client_address(peer)
         limit = self._limit_reached(route, client)
@@ -437,52 +583,26 @@ class ProxyServer:
                 limit=limit,
                 active=len(self._connections),
             )
-            writer.close()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+            return None
+        self._connections.add(connection.done)
         self._per_route[route.name] += 1
         self._per_client[client] += 1
         self.metrics.inc("smg_connections_total", route=route.name)
         self.metrics.set("smg_connections_active", len(self._connections))
-        try:
-            host, port = parse_address(route.upstream)
-            try:
-                upstream = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        host,
-                        port,
-                        ssl=self.routes.upstream_tls(route),
-                        server_hostname=route.upstream_server_name or host
-                        if route.upstream_tls
-                        else None,
-                        limit=READ_SIZE,
-                    ),
-                    timeout=self.config.limits.link_timeout,
-                )
-            except (OSError, TimeoutError) as error:
-                log(
-                    logging.WARNING,
-                    "upstream unreachable",
-                    route=route.name,
-                    upstream=route.upstream,
-                    error=str(error),
-                )
-                writer.close()
-                return
-            await _Connection(self, route, (reader, writer), upstream, peer).run()
-        except asyncio.CancelledError:
-            # stop() cancels what is left after the grace period. This task is the end of the
-            # line (asyncio's stream callback would report a cancelled handler as an error).
-            writer.close()
-        finally:
-            self._connections.discard(task)
-            for counts, key in ((self._per_route, route.name), (self._per_client, client)):
-                counts[key] -= 1
-                if counts[key] <= 0:
-                    del counts[key]
-            self.metrics.set("smg_connections_active", len(self._connections))
+        return ChannelHandler(self.state, route, peer)
+
+    def _release(self, connection: _Connection) -> None:
+        """Count an admitted connection out once it ended."""
+        if connection.done not in self._connections:
+            return
+        self._connections.discard(connection.done)
+        assert connection.handler is not None
+        client = client_address(connection.handler.peer)
+        for counts, key in ((self._per_route, connection.route.name), (self._per_client, client)):
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
+        self.metrics.set("smg_connections_active", len(self._connections))
 
     def _limit_reached(self, route: Route, client: str) -> str | None:
         """Which connection limit a new connection would break, if any."""

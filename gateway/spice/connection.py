@@ -28,7 +28,10 @@ Buffering: a data message is passed on only when the whole message has arrived, 
 one partial unit per direction stays buffered, bounded by ``max_message_size`` plus its header.
 Input is parsed where it lies while nothing is pending (a ``bytes`` read of whole messages is
 relayed without a copy); otherwise it is appended to a ``bytearray`` consumed from an offset
-and compacted lazily, so a message arriving in many small reads costs linear time.
+and compacted lazily, so a message arriving in many small reads costs linear time. For a loop
+that reads into one reused buffer, ``receive_streaming`` returns the runs of ordinary messages
+as views of that buffer and copies only what it must keep, and ``room`` / ``filled`` let a
+large ordinary message be read straight into a buffer of its own.
 
 Any refusal raises :class:`~gateway.errors.ProtocolError`; the connection is then dead, and
 every later call raises again (events parsed earlier in the failing call are dropped with it:
@@ -178,6 +181,11 @@ class _Buffer:
         return unit
 
 
+#: What receive_streaming reads of one direction (see SpiceConnection._streams): the buffer,
+#: the migration types and the highest, the header size, the size of a piece to walk.
+_Stream = tuple[_Buffer, frozenset[int], int, int, int]
+
+
 class SpiceConnection:
     """One SPICE channel connection as seen by an inline proxy between client and server.
 
@@ -194,7 +202,9 @@ class SpiceConnection:
         "_kind",
         "_link_size",
         "_migration_types",
+        "_rooms",
         "_stage",
+        "_streams",
         "_type_and_size",
         "link_mess",
         "link_reply",
@@ -218,6 +228,13 @@ class SpiceConnection:
         self._kind = HeaderKind.MINI
         self._type_and_size = _MINI.unpack_from
         self._migration_types: dict[Direction, frozenset[int]] = {}
+        #: Per direction, a large message being read straight into its own buffer, and how
+        #: much of it is in (see room()); made on first use, most connections never need it.
+        self._rooms: dict[Direction, tuple[bytearray, int]] | None = None
+        #: From the data phase on, per direction (client's first), what receive_streaming
+        #: needs (see _Stream). Indexed by
+        #: ``direction is _S2C``, which is cheaper than hashing an enum member each read.
+        self._streams: tuple[_Stream, _Stream] | None = None
 
     # --- public -----------------------------------------------------------------------------
 
@@ -228,6 +245,108 @@ class SpiceConnection:
     def receive_from_server(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Events for every server unit completed by ``data`` (all of direction S->C)."""
         return self._receive(_S2C, data)
+
+    def receive_streaming(
+        self, direction: Direction, data: memoryview
+    ) -> list[Event | memoryview]:
+        """Events for what ``data`` completes in ``direction``, without copying what it relays.
+
+        For a loop that reads into one buffer and reuses it: a run of ordinary messages that
+        lies whole in ``data`` comes back as a ``memoryview`` slice of ``data`` (valid until the
+        caller reuses its buffer, so write or copy it first), in place of the ``Passthrough``
+        that :meth:`receive_from_client` / :meth:`receive_from_server` would return for the
+        same split. Everything else is the events those return: only the bytes of a partial
+        unit, of a migration message and of the link stage are copied (a partial message is
+        completed with exactly the bytes it lacks, then parsing goes on in place).
+        """
+        streams = self._streams
+        if streams is None or self._error is not None:
+            return list(self._receive(direction, data))
+        rooms = self._rooms
+        if rooms and direction in rooms:
+            # Bytes for a room that came another way: into the room with them.
+            array, filled = rooms[direction]
+            taken = min(len(array) - filled, len(data))
+            array[filled : filled + taken] = data[:taken]
+            done = self.filled(direction, taken)
+            return done + self.receive_streaming(direction, data[taken:]) if done else done
+        # The walk below needs every message that fits its input to be of an allowed size: in
+        # an input no longer than the largest message, a size past the end means a partial or
+        # an oversized message, and neither needs a check per message.
+        stream = streams[direction is _S2C]
+        step = stream[4]
+        if len(data) <= step:
+            return self._stream(direction, stream, data)
+        out: list[Event | memoryview] = []
+        for at in range(0, len(data), step):
+            out += self._stream(direction, stream, data[at : at + step])
+        return out
+
+    def _stream(
+        self, direction: Direction, stream: _Stream, data: memoryview
+    ) -> list[Event | memoryview]:
+        """:meth:`receive_streaming` of at most one maximum-sized message's worth of bytes."""
+        buf, migration_types, top, header, _ = stream
+        out: list[Event | memoryview] = []
+        pos, stop = 0, len(data)
+        type_and_size = self._type_and_size
+        while buf.pos != len(buf.data) and pos < stop:
+            held = len(buf.data) - buf.pos
+            if held >= header:
+                msg_type, size = type_and_size(buf.data, buf.pos)
+                missing = header + size - held
+                if missing <= stop - pos and msg_type not in migration_types:
+                    # An ordinary message completed by this read: joined in one copy.
+                    with memoryview(buf.data) as kept:
+                        unit = b"".join((kept[buf.pos :], data[pos : pos + missing]))
+                    buf.data, buf.pos = b"", 0
+                    buf.consumed += len(unit)
+                    out.append(memoryview(unit))
+                    pos += missing
+                    break
+            taken = min(self._missing(direction, buf), stop - pos)
+            out += self._receive(direction, data[pos : pos + taken])
+            pos += taken
+        last = stop - header
+        while pos < stop:
+            start = pos
+            while pos <= last:
+                msg_type, size = type_and_size(data, pos)
+                # Migration types are few and low: most types take one comparison, no lookup.
+                if msg_type <= top and msg_type in migration_types:
+                    break
+                end = pos + header + size
+                if end > stop:
+                    break
+                pos = end
+            if pos > start:
+                out.append(data[start:pos])
+                buf.consumed += pos - start
+                continue
+            # A migration message, an oversized header or a partial unit: the copying path
+            # decodes, refuses or keeps it. Only a whole migration message has anything after.
+            end = stop
+            if pos <= last:
+                msg_type, size = type_and_size(data, pos)
+                if msg_type in migration_types and size <= self.max_message_size:
+                    end = min(stop, pos + header + size)
+            out += self._receive(direction, data[pos:end])
+            pos = end
+        return out
+
+    def _stream_of(self, direction: Direction) -> _Stream:
+        types, header = self._migration_types[direction], self._kind.size
+        step = header + self.max_message_size
+        return (self._buffers[direction], types, max(types, default=-1), header, step)
+
+    def _missing(self, direction: Direction, buf: _Buffer) -> int:
+        """Bytes the data message held at the start of ``buf`` still lacks (its header's
+        first, while the header is incomplete)."""
+        header = self._kind.size
+        if len(buf) < header:
+            return header - len(buf)
+        size: int = self._type_and_size(buf.data, buf.pos)[1]
+        return header + size - len(buf)
 
     @property
     def state(self) -> ConnectionState:
@@ -257,8 +376,59 @@ class SpiceConnection:
         return None if self.link_mess is None else self.link_mess.channel_id
 
     def buffered(self, direction: Direction) -> int:
-        """Bytes received in ``direction`` that do not yet form a complete unit."""
-        return len(self._buffers[direction])
+        """Bytes received in ``direction`` that do not yet form a complete unit (all of a
+        :meth:`room`, which is allocated whole)."""
+        streams = self._streams
+        buf = self._buffers[direction] if streams is None else streams[direction is _S2C][0]
+        held = len(buf.data) - buf.pos  # len(buf), without a call: once per read
+        if self._rooms and direction in self._rooms:
+            held += len(self._rooms[direction][0])
+        return held
+
+    def room(self, direction: Direction, minimum: int) -> memoryview | None:
+        """Where to read the rest of a large ordinary message straight into, or None.
+
+        Once the header of a data message of at least ``minimum`` bytes (header included)
+        that is not a migration message is in, the message gets a buffer of its own size
+        holding what arrived so far, and this returns a writable view of what it still lacks:
+        read into it from the start and report each read with :meth:`filled`. Saves copying a
+        large message piece by piece into the receive buffer and then again out of it.
+        """
+        rooms = self._rooms
+        if rooms and direction in rooms:
+            array, filled = rooms[direction]
+            return memoryview(array)[filled:]
+        if self._error is not None or self._stage[direction] is not _Stage.DATA:
+            return None
+        buf, header = self._buffers[direction], self._kind.size
+        if len(buf) < header:
+            return None
+        msg_type, size = self._type_and_size(buf.data, buf.pos)
+        total = header + size
+        if total < minimum or msg_type in self._migration_types[direction]:
+            return None
+        array = bytearray(total)
+        held = len(buf)
+        array[:held] = buf.data[buf.pos :]
+        # The held bytes now live in the room; the stream offset moves when it is full.
+        buf.data, buf.pos = b"", 0
+        if rooms is None:
+            rooms = self._rooms = {}
+        rooms[direction] = (array, held)
+        return memoryview(array)[held:]
+
+    def filled(self, direction: Direction, nbytes: int) -> list[Event | memoryview]:
+        """``nbytes`` more were read into ``direction``'s :meth:`room`; the whole message (as a
+        run of one, a view of the room, which is the caller's from then on) once it is full."""
+        assert self._rooms is not None
+        array, filled = self._rooms[direction]
+        filled += nbytes
+        if filled < len(array):
+            self._rooms[direction] = (array, filled)
+            return []
+        del self._rooms[direction]
+        self._buffers[direction].consumed += len(array)
+        return [memoryview(array)]
 
     # --- driver -----------------------------------------------------------------------------
 
@@ -399,6 +569,7 @@ class SpiceConnection:
             )
         self.link_result = result
         self._stage[_C2S] = self._stage[_S2C] = _Stage.DATA
+        self._streams = (self._stream_of(_C2S), self._stream_of(_S2C))
         return LinkResultReceived(direction, raw, result)
 
     # --- data phase -------------------------------------------------------------------------
