@@ -223,6 +223,15 @@ class ChannelHandler:
             )
         return event.raw
 
+    def awaits(self, event: Message) -> bool:
+        """Whether :meth:`rewrite` has to wait for ``event`` (the peer link, the replay commit,
+        a worker thread). When not (a source sealing a real payload), :meth:`forward` gives the
+        same unit at once, and the proxy spares a task and a pause in reading."""
+        migration = event.migration
+        return not (
+            isinstance(migration, MigrateData) and len(migration.payload) < INLINE_SEAL_LIMIT
+        )
+
     async def rewrite(self, event: Message) -> bytes:
         """:meth:`forward` for a MIGRATE_DATA message, without holding up the event loop.
 

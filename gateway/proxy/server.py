@@ -200,8 +200,9 @@ class _Connection:
     def _relay(self, leg: Leg, events: Sequence[Event | memoryview | bytes]) -> None:
         """Write ``events`` to the other side in order; at a migration message that waits,
         hold the rest back (copied: the receive buffer is reused) and rewrite it first."""
-        out, forward = leg.other, self.handler.forward if self.handler else None
-        assert forward is not None
+        handler = self.handler
+        assert handler is not None
+        out, forward = leg.other, handler.forward
         pending: list[bytes] = []
         total = 0
         for index, event in enumerate(events):
@@ -217,7 +218,11 @@ class _Connection:
                 total += len(event)
                 continue
             assert isinstance(event, Event)
-            if type(event) is Message and isinstance(event.migration, AWAITED):
+            if (
+                type(event) is Message
+                and isinstance(event.migration, AWAITED)
+                and handler.awaits(event)
+            ):
                 if pending:
                     out.send(b"".join(pending))
                 leg.held = _copied(events[index + 1 :])

@@ -26,14 +26,14 @@ from gateway import native
 from gateway.envelope import Context, Policy, read_header, seal
 from gateway.errors import ContextMismatch, Replayed
 from gateway.keys import Keyring
-from gateway.proxy.channel import ChannelHandler, ProxyState
+from gateway.proxy.channel import INLINE_SEAL_LIMIT, ChannelHandler, ProxyState
 from gateway.proxy.config import Peer, ProxyConfig, Route
 from gateway.proxy.sessions import SessionTable
 from gateway.replay import ReplayGuard
 from gateway.service.metrics import Metrics
 from gateway.spice.constants import ChannelType, Direction, HeaderKind, Msgc
 from gateway.spice.events import Message
-from gateway.spice.messages import ClientMigrateData, encode_data_message
+from gateway.spice.messages import ClientMigrateData, MigrateData, encode_data_message
 from schemas import StateModel
 
 from .conftest import SOURCE_HOST, TARGET_HOST
@@ -208,3 +208,18 @@ async def test_a_blob_issued_before_a_system_restart_is_refused(target: Target) 
     target.guard.forgotten_before = int(time.time()) - 3600
     await target.handler(ChannelType.DISPLAY, 0x61).rewrite(migrate_data(blob))
     assert read_header(blob).blob_id in target.guard
+
+
+def test_only_a_sources_real_payload_is_rewritten_without_waiting(target: Target) -> None:
+    """A source seals a real payload at once (no task, no pause in reading); a large one goes
+    to a worker thread, and a target's blob waits for its replay commit."""
+    handler = target.handler(ChannelType.DISPLAY, 0x70)
+
+    def message(migration: MigrateData | ClientMigrateData) -> Message:
+        return Message(
+            migration.DIRECTION, b"", HeaderKind.MINI, migration.MSG_TYPE, None, None, migration
+        )
+
+    assert not handler.awaits(message(MigrateData(payload=PAYLOADS[ChannelType.DISPLAY])))
+    assert handler.awaits(message(MigrateData(payload=bytes(INLINE_SEAL_LIMIT))))
+    assert handler.awaits(message(ClientMigrateData(payload=b"blob")))
