@@ -14,9 +14,10 @@ What is measured
   (one call each in turn for the large sizes, a batch each for the small ones, where the timer
   would cost as much as the call), and ratios are medians of the paired turns.
 * **open** is shown twice: ``verify`` (every check, no replay guard) and ``open_envelope`` with
-  the real guard (a durable SQLite commit per blob), since that commit is dominated by fsync and
-  depends on the disk far more than on this code. The guard's own commit is also timed alone,
-  and six concurrent ones (a migration's channels on the target), which share commits.
+  the real guard (an SQLite commit per blob, written to the kernel; an fsync where the system
+  has no boot id), since that commit depends on the system far more than on this code. The
+  guard's own commit is also timed alone, and six concurrent ones (a migration's channels on
+  the target), which share commits.
 * **Floor** at 1 KiB and 4 MiB: the steps the construction cannot avoid, each timed alone in
   turn with raw GCM: the key derivation's three HMACs, the signature's HMAC, AES-256-GCM under
   the blob's own key (with the key setup, and for a large blob streamed into the blob's
@@ -32,7 +33,7 @@ What is measured
 
 Goals (reported, not asserted): at 4 MiB, envelope throughput at least half of raw GCM;
 at 1 KiB, at most 4x raw GCM per operation; the display pipeline at most 30 us each way
-(without the guard's fsync).
+(without the replay commit).
 """
 
 from __future__ import annotations
@@ -545,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
               f" {ratio(r['open'], r['gcm_dec']):6.1f} {us(median(r['open_guarded']))}"
               f" {mbps(size, dec)} {mbps(size, op)}")
 
-    print(f"\nReplay guard alone (one durable SQLite commit, fsync): {guard * 1e6:.1f} us\n"
+    print(f"\nReplay guard alone (one SQLite commit): {guard * 1e6:.1f} us\n"
           f"Six consumes (a migration's channels), started together in threads: "
           f"{together * 1e6:.1f} us; one after another: {in_a_row * 1e6:.1f} us")
     print("\nWhere a 1 KiB blob's time goes (median us per step):")

@@ -909,7 +909,7 @@ def display_pipeline(steps: dict[str, dict[ChannelType, float]]) -> dict[str, fl
 
 
 def memory_folder() -> Path | None:
-    """A folder on a memory-backed file system (no fsync cost), where Linux offers one."""
+    """A folder on a memory-backed file system (no disk cost at all), where Linux offers one."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or not os.access(shm, os.W_OK):
         return None

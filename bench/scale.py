@@ -849,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="DIR",
         help="where the storm's proxies keep their replay databases (default: a temporary "
-        "folder; /dev/shm shows the storm without the cost of fsync)",
+        "folder; /dev/shm shows the storm without any disk cost)",
     )
     parser.add_argument(
         "--profile",
