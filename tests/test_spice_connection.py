@@ -40,7 +40,7 @@ from gateway.spice import (
     encode_link_result,
     reframe,
 )
-from gateway.spice.connection import _Buffer, _migration_types
+from gateway.spice.connection import ROOM_SHARE, _Buffer, _migration_types
 from gateway.spice.events import Passthrough
 from gateway.spice.messages import ClientMigrateData, migration_class
 from gateway.spice.scripted import (
@@ -859,14 +859,21 @@ def test_a_large_message_is_read_into_a_room_of_its_own() -> None:
     after = encode_data_message(HeaderKind.MINI, 103, b"next")
     assert conn.room(S2C, 1000) is None  # nothing partial
     assert conn.receive_streaming(S2C, memoryview(message[:1000])) == []
+    # Not before a quarter of it is in: the header alone claims nothing.
+    assert conn.room(S2C, len(message)) is None
+    assert conn.buffered(S2C) == 1000
+    quarter = -(-len(message) // ROOM_SHARE)
+    assert conn.receive_streaming(S2C, memoryview(message[1000 : quarter - 1])) == []
+    assert conn.room(S2C, len(message)) is None
+    assert conn.receive_streaming(S2C, memoryview(message[quarter - 1 : quarter])) == []
     assert conn.room(S2C, len(message) + 1) is None  # smaller than asked for
     room = conn.room(S2C, len(message))
     assert room is not None
-    assert len(room) == len(message) - 1000
+    assert len(room) == len(message) - quarter
     # The room is counted whole: it is allocated whole.
     assert conn.buffered(S2C) == len(message)
     for start in range(0, len(room) - 4096, 4096):
-        room[start : start + 4096] = message[1000 + start : 1000 + start + 4096]
+        room[start : start + 4096] = message[quarter + start : quarter + start + 4096]
         assert conn.filled(S2C, 4096) == []
     # The next call hands out what is still missing, from where the reads stopped.
     tail = conn.room(S2C, len(message))
@@ -889,12 +896,23 @@ def test_bytes_for_a_room_that_come_another_way_fill_it() -> None:
     conn = linked(ChannelType.DISPLAY)
     message = encode_data_message(HeaderKind.MINI, 102, bytes(range(256)) * 1024)
     after = encode_data_message(HeaderKind.MINI, 103, b"next")
-    conn.receive_streaming(S2C, memoryview(message[:10]))
+    part = len(message) // 2
+    conn.receive_streaming(S2C, memoryview(message[:part]))
     assert conn.room(S2C, 1) is not None
-    assert conn.receive_streaming(S2C, memoryview(message[10:5000])) == []
-    done = conn.receive_streaming(S2C, memoryview(message[5000:] + after))
+    assert conn.receive_streaming(S2C, memoryview(message[part : part + 5000])) == []
+    done = conn.receive_streaming(S2C, memoryview(message[part + 5000 :] + after))
     assert [bytes(item) for item in done if isinstance(item, memoryview)] == [message, after]
     assert conn.buffered(S2C) == 0
+
+
+def test_a_header_claiming_a_huge_message_holds_only_what_was_sent() -> None:
+    # A peer that sends headers of the largest messages and then little else must not make the
+    # proxy reserve (and count against its memory budget) the messages' full size.
+    conn = linked(ChannelType.DISPLAY)  # max_message_size: 64 MiB by default
+    header = struct.pack("<HI", 102, (64 << 20) - 6)
+    assert conn.receive_streaming(S2C, memoryview(header + bytes(4096))) == []
+    assert conn.room(S2C, 1) is None
+    assert conn.buffered(S2C) == len(header) + 4096
 
 
 def test_migration_messages_get_no_room() -> None:

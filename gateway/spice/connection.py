@@ -80,6 +80,9 @@ from gateway.spice.messages import migration_class
 
 __all__ = ["ConnectionState", "SpiceConnection"]
 
+#: A large message gets a room of its own once 1/ROOM_SHARE of it has arrived (see room()).
+ROOM_SHARE = 4
+
 _C2S = Direction.CLIENT_TO_SERVER
 _S2C = Direction.SERVER_TO_CLIENT
 _MINI = struct.Struct("<HI")
@@ -388,11 +391,14 @@ class SpiceConnection:
     def room(self, direction: Direction, minimum: int) -> memoryview | None:
         """Where to read the rest of a large ordinary message straight into, or None.
 
-        Once the header of a data message of at least ``minimum`` bytes (header included)
-        that is not a migration message is in, the message gets a buffer of its own size
-        holding what arrived so far, and this returns a writable view of what it still lacks:
-        read into it from the start and report each read with :meth:`filled`. Saves copying a
-        large message piece by piece into the receive buffer and then again out of it.
+        Once a quarter of a data message of at least ``minimum`` bytes (header included) that
+        is not a migration message is in, the message gets a buffer of its own size holding
+        what arrived so far, and this returns a writable view of what it still lacks: read into
+        it from the start and report each read with :meth:`filled`. Saves copying a large
+        message piece by piece into the receive buffer and then again out of it. Not sooner: a
+        room is allocated (and counted) whole, and a header alone would claim
+        ``max_message_size`` for a few bytes sent; this way what a peer makes the proxy hold
+        stays within ROOM_SHARE times what it sent.
         """
         rooms = self._rooms
         if rooms and direction in rooms:
@@ -405,10 +411,14 @@ class SpiceConnection:
             return None
         msg_type, size = self._type_and_size(buf.data, buf.pos)
         total = header + size
-        if total < minimum or msg_type in self._migration_types[direction]:
+        held = len(buf)
+        if (
+            total < minimum
+            or held * ROOM_SHARE < total
+            or msg_type in self._migration_types[direction]
+        ):
             return None
         array = bytearray(total)
-        held = len(buf)
         array[:held] = buf.data[buf.pos :]
         # The held bytes now live in the room; the stream offset moves when it is full.
         buf.data, buf.pos = b"", 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -197,6 +198,32 @@ async def test_a_large_message_across_many_reads_is_read_into_its_own_room(
 
 
 # --- memory ------------------------------------------------------------------------------------
+
+
+async def test_headers_of_huge_messages_hold_only_what_was_sent(
+    proxies: Proxies, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that announces the largest messages and sends a few bytes of each makes the
+    proxy hold those bytes, not the announced sizes (which would spend the memory budget of
+    every connection for a few bytes, and close others' channels)."""
+    connections = record_connections(monkeypatch)
+    async with proxies.pair() as rig:
+        proxy = rig.source_proxy
+        sessions = [rig.session(0xA500 + index, channels=[MAIN, DISPLAY]) for index in range(3)]
+        sent = 0
+        for session in sessions:
+            await session.link_source()
+            end = session.leg(DISPLAY).server_source
+            # In pieces: the proxy reads the later ones with a partial message held, when it
+            # would hand out a buffer of the announced size.
+            for piece in (struct.pack("<HI", 104, 60 << 20), bytes(50_000), bytes(50_000)):
+                end.writer.write(piece)
+                await end.writer.drain()
+                sent += len(piece)
+                await until(lambda held=sent: proxy.buffered_total >= held, "the piece to arrive")
+        assert proxy.buffered_total == sent
+        assert not any(connection.spice._rooms for connection in connections)
+
 
 
 async def test_an_idle_session_holds_no_read_buffer(proxies: Proxies) -> None:
