@@ -5,7 +5,7 @@ A source proxy and a target proxy share a keyring and a clock the script advance
 slots; a slot holds what the asyncio server keeps per proxied channel connection, a
 :class:`~gateway.spice.SpiceConnection` that frames both directions and a
 :class:`~gateway.proxy.channel.ChannelHandler` that decides, and :meth:`Slot.feed` hands the
-handler each event exactly as the server's pump does (pass-through runs as they are, a
+handler each event exactly as the proxy's relay does (pass-through runs as they are, a
 MIGRATE_DATA through ``rewrite``, anything else through ``forward``).
 
 The pair's surroundings are the script's to choose too (:class:`Surroundings`): whether the
@@ -300,7 +300,7 @@ class Proxy:
         self.state.identity = (lambda: found) if surroundings.identity else None
 
     def dispatch(self, handler: ChannelHandler, event: Event) -> bytes:
-        """What the server's pump does with one event."""
+        """What the proxy's relay does with one event."""
         if type(event) is Passthrough:
             return event.raw
         if type(event) is Message and isinstance(event.migration, AWAITED):

@@ -338,7 +338,7 @@ class Run:
 
     def relay(self, proxy: Proxy, arg: int, together: bool) -> None:
         """A blob, on the first slot of ``proxy`` linked on its channel; ``together``: the
-        next blob too, on its own slot, both handled at once as two connections' pumps are
+        next blob too, on its own slot, both handled at once as two connections' legs are
         (both verified before either is recorded)."""
         sends = [s for s in (self._relay_to(proxy, arg),) if s is not None]
         if together:
