@@ -231,8 +231,9 @@ class ReplayGuard:
             and issued_at <= forgotten + FORGOTTEN_SKEW
         ):
             raise Replayed(
-                f"blob {blob_id[:8].hex()}… was issued before this host's replay database "
-                "was reopened after a restart of the system (a record of it may be lost)"
+                f"blob {blob_id[:8].hex()}… was issued before, or within the clock skew of, "
+                "this host's replay database being reopened after a restart of the system "
+                "(a record of it may be lost)"
             )
 
     def _conn(self) -> sqlite3.Connection:
