@@ -9,10 +9,14 @@ Durability without an fsync per blob. A commit in WAL mode with ``synchronous=NO
 reached the kernel when :meth:`ReplayGuard.consume` returns: it survives the death of any
 process (SIGKILL included), but not a crash of the operating system. That is the only way to
 lose a record, and it changes the system's boot id. So the guard writes the boot id into the
-database and, opening a database last written in another boot, takes the time as
+database and, opening a database last written in another boot and not closed cleanly
+(below), takes the time as
 :attr:`~ReplayGuard.forgotten_before`: a blob issued before then (plus the largest clock skew)
 may have been recorded in a commit the crash lost, and is refused as
-:class:`~gateway.errors.Replayed`. Every record the database holds is still honoured. Where the
+:class:`~gateway.errors.Replayed`. Every record the database holds is still honoured. A guard
+that closes makes every commit so far durable (an fsync) and marks the database clean; the
+first commit after that (by another process) clears the mark durably. A database found clean
+lost nothing, so a planned restart of the system costs no refusals; only a crash does. Where the
 system has no boot id, every commit is an fsync (``synchronous=FULL``) instead. An fsync costs
 about a millisecond, several when other programs write the same disk; the page cache write
 costs microseconds, and both are on a migration's critical path.
@@ -80,7 +84,8 @@ CREATE INDEX IF NOT EXISTS consumed_keep_until ON consumed (keep_until);
 CREATE TABLE IF NOT EXISTS boot (
     one INTEGER PRIMARY KEY CHECK (one = 1),
     boot_id TEXT NOT NULL,
-    forgotten_before INTEGER
+    forgotten_before INTEGER,
+    clean INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -207,15 +212,19 @@ class ReplayGuard:
 
     def _check_boot(self, db: sqlite3.Connection, boot: str | None) -> None:
         """Note this boot in the database; after another boot, what may have been forgotten."""
-        row = db.execute("SELECT boot_id, forgotten_before FROM boot").fetchone()
+        row = db.execute("SELECT boot_id, forgotten_before, clean FROM boot").fetchone()
         forgotten = None if row is None else row[1]
-        if boot is not None and row is not None and row[0] != boot:
-            # Written in another boot: its last commits reached the kernel, maybe not the disk.
-            # Only this file's own writers set the mark, so it never moves back.
+        if boot is not None and row is not None and row[0] != boot and not row[2]:
+            # Written in another boot and not closed cleanly: its last commits reached the
+            # kernel, maybe not the disk. Only this file's own writers set the mark, so it
+            # never moves back.
             forgotten = max(forgotten or 0, int(time.time()))
-        if boot is not None and (row is None or row[0] != boot):
+        if boot is not None:
+            # Not clean from now on (this transaction is synced): this guard commits without
+            # an fsync until it closes.
             db.execute(
-                "INSERT OR REPLACE INTO boot (one, boot_id, forgotten_before) VALUES (1, ?, ?)",
+                "INSERT OR REPLACE INTO boot (one, boot_id, forgotten_before, clean) "
+                "VALUES (1, ?, ?, 0)",
                 (boot, forgotten),
             )
         self.forgotten_before = forgotten
@@ -233,7 +242,7 @@ class ReplayGuard:
             raise Replayed(
                 f"blob {blob_id[:8].hex()}… was issued before, or within the clock skew of, "
                 "this host's replay database being reopened after a restart of the system "
-                "(a record of it may be lost)"
+                "that followed no clean stop (a record of it may be lost)"
             )
 
     def _conn(self) -> sqlite3.Connection:
@@ -371,7 +380,14 @@ class ReplayGuard:
                     rows.append((request.blob_id, request.keep_until))
                     self._claim(request)
                 self._insert(db, rows)
+                # Another process closed the database clean since: clear the mark, and make
+                # this commit durable before anyone relies on it.
+                reopened = not self.fsync_each_commit and bool(
+                    db.execute("UPDATE boot SET clean = 0 WHERE clean = 1").rowcount
+                )
                 db.execute("COMMIT")
+                if reopened:
+                    db.execute("PRAGMA wal_checkpoint(FULL)").fetchall()
             except BaseException:
                 if db.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
@@ -506,8 +522,25 @@ class ReplayGuard:
         self._stop_committer()
         with self._lock:
             if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._mark_clean(self._db)
                 self._db.close()
                 self._db = None
+
+    def _mark_clean(self, db: sqlite3.Connection) -> None:
+        """Every commit so far durable, and the database marked so: after a planned restart of
+        the system the next opener knows nothing was lost (see the module's notes)."""
+        if self.fsync_each_commit:
+            return
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("UPDATE boot SET clean = 1")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def __enter__(self) -> ReplayGuard:
         return self

@@ -1,10 +1,18 @@
 """The replay guard across restarts of the operating system: commits reach the kernel, not the
-disk, so a database last written in another boot vouches only for blobs issued after it was
-reopened (plus the largest clock skew); without a boot id, every commit is an fsync."""
+disk, so a database last written in another boot and not closed cleanly vouches only for blobs
+issued after it was reopened (plus the largest clock skew); one closed cleanly lost nothing;
+without a boot id, every commit is an fsync.
+
+A crash is a real one: the writer is a process killed with SIGKILL, which leaves the database
+as an operating-system crash would find it marked (not clean), whatever reached the disk."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
+import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +37,37 @@ def boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path.write_text("one\n")
     monkeypatch.setattr(replay, "BOOT_ID_FILE", path)
     return path
+
+
+def crashed_writer(db: Path, boot: Path, *blob_ids: bytes) -> None:
+    """A process of boot ``boot`` opens ``db``, records ``blob_ids`` and dies without closing."""
+    script = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        from pathlib import Path
+        from gateway import replay
+        replay.BOOT_ID_FILE = Path(sys.argv[2])
+        guard = replay.ReplayGuard(sys.argv[1])
+        now = int(time.time())
+        for blob_id in sys.argv[3:]:
+            guard.consume(bytes.fromhex(blob_id), now + 600, now=now, issued_at=now)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(db), str(boot), *(b.hex() for b in blob_ids)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()
+
+
+def clean_mark(db: Path) -> int:
+    with sqlite3.connect(db) as connection:
+        (clean,) = connection.execute("SELECT clean FROM boot").fetchone()
+    connection.close()
+    return int(clean)
 
 
 def synchronous(db: Path) -> int:
@@ -76,8 +115,7 @@ def test_after_another_boot_older_blobs_are_refused_and_newer_ones_taken(
     tmp_path: Path, boot: Path
 ) -> None:
     db = tmp_path / "r.db"
-    with ReplayGuard(db) as guard:
-        guard.consume(BLOB, NOW + 600, now=NOW, issued_at=NOW)
+    crashed_writer(db, boot, BLOB)
     boot.write_text("two\n")
     before = int(time.time())
     with ReplayGuard(db) as guard:
@@ -112,12 +150,13 @@ def test_the_mark_never_moves_back(
     tmp_path: Path, boot: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     db = tmp_path / "r.db"
-    ReplayGuard(db).close()
+    crashed_writer(db, boot)
     boot.write_text("two\n")
     with ReplayGuard(db) as guard:
         first = guard.forgotten_before
     assert first is not None
-    # A third boot whose clock starts behind the second's.
+    # A third boot, after another crash, whose clock starts behind the second's.
+    crashed_writer(db, boot)
     boot.write_text("three\n")
     monkeypatch.setattr(replay.time, "time", lambda: float(first - 3600))
     with ReplayGuard(db) as guard:
@@ -147,7 +186,7 @@ def test_open_envelope_refuses_a_blob_issued_before_the_restart(
     context = Context(3, 0, vm, migration, "source", "target", 1)
     expected = ExpectedContext.of(context)
     db = tmp_path / "r.db"
-    ReplayGuard(db).close()
+    crashed_writer(db, boot)
     boot.write_text("two\n")
     with ReplayGuard(db) as guard:
         assert guard.forgotten_before is not None
@@ -159,3 +198,41 @@ def test_open_envelope_refuses_a_blob_issued_before_the_restart(
         fresh = seal(InputsState(motion_count=0), context, keyring, now=later)
         opened = open_envelope(fresh, expected, keyring, guard, now=later)
         assert opened.state == InputsState(motion_count=0)
+
+
+def test_a_database_closed_cleanly_lost_nothing(tmp_path: Path, boot: Path) -> None:
+    # A planned restart: the proxy stops (closing its guard), the system restarts.
+    db = tmp_path / "r.db"
+    with ReplayGuard(db) as guard:
+        assert clean_mark(db) == 0
+        guard.consume(BLOB, NOW + 600, now=NOW, issued_at=NOW)
+    assert clean_mark(db) == 1
+    boot.write_text("two\n")
+    with ReplayGuard(db) as guard:
+        assert guard.forgotten_before is None
+        assert clean_mark(db) == 0
+        with pytest.raises(Replayed, match="already opened"):
+            guard.consume(BLOB, NOW + 600, now=NOW, issued_at=NOW)
+        guard.consume(b"c" * 32, NOW + 600, now=NOW, issued_at=NOW)
+
+
+def test_a_writer_still_at_work_when_another_closes_clears_the_mark(
+    tmp_path: Path, boot: Path
+) -> None:
+    # Two processes on one file: the first closes (clean), the second records on, then the
+    # system crashes. The second's first commit after the close cleared the mark, durably.
+    db = tmp_path / "r.db"
+    first, second = ReplayGuard(db), ReplayGuard(db)
+    first.close()
+    assert clean_mark(db) == 1
+    second.consume(BLOB, NOW + 600, now=NOW, issued_at=NOW)
+    assert clean_mark(db) == 0
+    second.consume(b"c" * 32, NOW + 600, now=NOW, issued_at=NOW)
+    assert clean_mark(db) == 0
+    # The crash: the second never closes (its connection is dropped, nothing marked).
+    assert second._db is not None
+    second._db.close()
+    second._db = None
+    boot.write_text("two\n")
+    with ReplayGuard(db) as guard:
+        assert guard.forgotten_before is not None
