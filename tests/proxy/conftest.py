@@ -32,6 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.identity import HostIdentity, TrustStore, save_identity, save_trust_store
 from gateway.keys import Keyring, save_keyring
+from gateway.proxy import server
 from gateway.proxy.config import ProxyConfig, parse_config
 from gateway.proxy.server import ProxyServer
 from gateway.service.logs import LOG
@@ -524,3 +525,16 @@ def socket_dir() -> Iterator[Path]:
 @pytest.fixture
 def proxies(tmp_path: Path, keyring_path: Path, tls_files: TlsFiles, socket_dir: Path) -> Proxies:
     return Proxies(tmp_path, keyring_path, tls_files, socket_dir)
+
+
+def record_connections(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every proxied connection (the server's per-connection object) made from now on."""
+    connections: list[Any] = []
+    original = server._Connection.__init__
+
+    def record(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        connections.append(self)
+
+    monkeypatch.setattr(server._Connection, "__init__", record)
+    return connections

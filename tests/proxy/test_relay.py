@@ -15,14 +15,13 @@ from typing import Any
 import pytest
 
 from gateway.proxy import relay
-from gateway.proxy import server as server_module
 from gateway.proxy.relay import RECEIVE_SIZE, Leg, ReceiveBuffer
 from gateway.proxy.server import ProxyServer
 from gateway.spice.connection import SpiceConnection
 from gateway.spice.constants import ChannelType, Direction, HeaderKind, MigrateFlags, Msg, Msgc
 from gateway.spice.messages import Migrate, MigrateFlushMark, encode_data_message
 
-from .conftest import Proxies
+from .conftest import Proxies, record_connections
 from .peers import Endpoint, bounded
 
 MAIN = (ChannelType.MAIN, 0)
@@ -52,18 +51,6 @@ async def until(condition: Callable[[], bool], what: str) -> None:
             await asyncio.sleep(0.01)
 
     await bounded(poll(), what)
-
-
-def record_connections(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    connections: list[Any] = []
-    original = server_module._Connection.__init__
-
-    def record(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        connections.append(self)
-
-    monkeypatch.setattr(server_module._Connection, "__init__", record)
-    return connections
 
 
 # --- order -----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from gateway.spice.link import LinkMess
 from gateway.spice.messages import encode_data_message
 from gateway.spice.scripted import client_link
 
-from .conftest import LogRecords, Proxies
+from .conftest import LogRecords, Proxies, record_connections
 from .peers import (
     MAIN_CAPS,
     ClientSession,
@@ -191,14 +191,7 @@ async def test_dst_do_seamless_on_a_new_session_is_refused(
 async def test_slow_client_gets_everything_and_holds_back_only_its_server(
     proxies: Proxies, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    connections: list[Any] = []
-    original = server_module._Connection.__init__
-
-    def record(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        connections.append(self)
-
-    monkeypatch.setattr(server_module._Connection, "__init__", record)
+    connections = record_connections(monkeypatch)
     buffered = 65536
     async with proxies.pair(source_limits={"max_buffered_bytes": buffered}) as rig:
         session = rig.session(0xE4, channels=[MAIN, DISPLAY])

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.errors import GatewayError, ProtocolError, TooLarge
 from gateway.proxy import server as server_module
-from gateway.proxy.config import parse_config
+from gateway.proxy.config import ProxyConfig, parse_config
 from gateway.proxy.server import ProxyServer
 from gateway.service import http as http_module
 from gateway.service.http import (
@@ -107,28 +107,34 @@ def get(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
 
 
-async def test_metrics_and_health_over_http(
-    tmp_path: Path, keyring_path: Path, socket_dir: Path
-) -> None:
-    server = await ScriptedServer("vm").start()
-    port = free_port()
+def monitored_config(
+    folder: Path, keyring: Path, port: int, upstream: str, metrics_port: int
+) -> ProxyConfig:
+    """One route ``vm`` on ``port`` to ``upstream``, with the HTTP monitoring listener."""
     text = config_toml(
         host_id="host-a",
-        keyring=keyring_path,
-        replay_db=tmp_path / "replay.sqlite",
+        keyring=keyring,
+        replay_db=folder / "replay.sqlite",
         routes=[
             {
                 "name": "vm",
                 "listen": f"127.0.0.1:{port}",
-                "upstream": "{}:{}".format(*server.address),
+                "upstream": upstream,
                 "vm_id": str(uuid.uuid4()),
             }
         ],
         limits=TEST_LIMITS,
     )
-    metrics_port = free_port()
-    text = f'metrics_listen = "127.0.0.1:{metrics_port}"\n' + text
-    proxy = ProxyServer(parse_config(text.encode()))
+    return parse_config(f'metrics_listen = "127.0.0.1:{metrics_port}"\n{text}'.encode())
+
+
+async def test_metrics_and_health_over_http(
+    tmp_path: Path, keyring_path: Path, socket_dir: Path
+) -> None:
+    server = await ScriptedServer("vm").start()
+    port, metrics_port = free_port(), free_port()
+    upstream = "{}:{}".format(*server.address)
+    proxy = ProxyServer(monitored_config(tmp_path, keyring_path, port, upstream, metrics_port))
     await proxy.start()
     address = ("127.0.0.1", metrics_port)
     try:
@@ -364,21 +370,8 @@ async def test_health_says_starting_until_every_route_listens(
     # /healthz answers during the warm-up, before any route's port is open: a load balancer or
     # an orchestrator polling it must not send a migration to a proxy that cannot take it yet.
     port, metrics_port = free_port(), free_port()
-    text = config_toml(
-        host_id="host-a",
-        keyring=keyring_path,
-        replay_db=tmp_path / "replay.sqlite",
-        routes=[
-            {
-                "name": "vm",
-                "listen": f"127.0.0.1:{port}",
-                "upstream": f"127.0.0.1:{free_port()}",
-                "vm_id": str(uuid.uuid4()),
-            }
-        ],
-        limits=TEST_LIMITS,
-    )
-    text = f'metrics_listen = "127.0.0.1:{metrics_port}"\n' + text
+    upstream = f"127.0.0.1:{free_port()}"  # never reached: no client links
+    config = monitored_config(tmp_path, keyring_path, port, upstream, metrics_port)
     warming, release = asyncio.Event(), asyncio.Event()
 
     async def slow_warm_up(guard: object) -> None:
@@ -386,7 +379,7 @@ async def test_health_says_starting_until_every_route_listens(
         await release.wait()
 
     monkeypatch.setattr(server_module, "warm_up", slow_warm_up)
-    proxy = ProxyServer(parse_config(text.encode()))
+    proxy = ProxyServer(config)
     starting = asyncio.create_task(proxy.start())
     try:
         await asyncio.wait_for(warming.wait(), 10)
