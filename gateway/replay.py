@@ -7,19 +7,21 @@ check anyway, then pruned.
 
 Durability without an fsync per blob. A commit in WAL mode with ``synchronous=NORMAL`` has
 reached the kernel when :meth:`ReplayGuard.consume` returns: it survives the death of any
-process (SIGKILL included), but not a crash of the operating system. That is the only way to
-lose a record, and it changes the system's boot id. So the guard writes the boot id into the
-database and, opening a database last written in another boot and not closed cleanly
-(below), takes the time as
+process (SIGKILL included), but not a crash of the operating system, which changes the boot id.
+So the guard writes the boot id into the database and, opening a database last written in
+another boot and not closed cleanly (below), takes the time as
 :attr:`~ReplayGuard.forgotten_before`: a blob issued before then (plus the largest clock skew)
 may have been recorded in a commit the crash lost, and is refused as
 :class:`~gateway.errors.Replayed`. Every record the database holds is still honoured. A guard
 that closes makes every commit so far durable (an fsync) and marks the database clean; the
 first commit after that (by another process) clears the mark durably. A database found clean
-lost nothing, so a planned restart of the system costs no refusals; only a crash does. Where the
-system has no boot id, every commit is an fsync (``synchronous=FULL``) instead. An fsync costs
-about a millisecond, several when other programs write the same disk; the page cache write
-costs microseconds, and both are on a migration's critical path.
+lost nothing, so a planned restart of the system costs no refusals; only a crash does.
+
+One more way to lose a record remains: a failing disk, on which the kernel drops what it could
+not write back and tells only an fsync. A guard asked to (``fsync=True``), and every guard where
+the system has no boot id, therefore commits with an fsync each time (``synchronous=FULL``). An
+fsync costs about a millisecond, several when other programs write the same disk; the page
+cache write costs microseconds, and both are on a migration's critical path.
 
 Threads that call :meth:`~ReplayGuard.consume` while a commit is under way share the next one
 (group commit): whoever takes the commit lock records every request queued so far in one
@@ -157,8 +159,15 @@ class ReplayGuard:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        fsync: bool = False,
     ) -> None:
+        """``fsync``: every commit waits for the disk, as where the system has no boot id
+        (proof also against a failing disk that drops what the kernel could not write back;
+        a millisecond or more per commit)."""
         self.path = Path(path)
         #: Held for each transaction: the leader of a group commit holds it while it commits.
         self._lock = threading.Lock()
@@ -174,8 +183,9 @@ class ReplayGuard:
         #: Blobs issued before this time (Unix seconds, plus FORGOTTEN_SKEW) may have been
         #: recorded in commits an operating-system crash lost; None when nothing can be lost.
         self.forgotten_before: int | None = None
-        #: Whether every commit waits for the disk (no boot id to fall back on).
+        #: Whether every commit waits for the disk (asked for, or no boot id to rely on).
         self.fsync_each_commit = True
+        self._fsync = fsync
         try:
             # Create it owner-only before SQLite does: whoever can write this file can undo
             # single use. SQLite gives the -wal and -shm files the same mode.
@@ -219,16 +229,16 @@ class ReplayGuard:
             # kernel, maybe not the disk. Only this file's own writers set the mark, so it
             # never moves back.
             forgotten = max(forgotten or 0, int(time.time()))
+        self.forgotten_before = forgotten
+        self.fsync_each_commit = boot is None or self._fsync
         if boot is not None:
-            # Not clean from now on (this transaction is synced): this guard commits without
-            # an fsync until it closes.
+            # This transaction is synced, and so is every earlier commit. Not clean from now
+            # on if this guard commits without an fsync, until it closes.
             db.execute(
                 "INSERT OR REPLACE INTO boot (one, boot_id, forgotten_before, clean) "
-                "VALUES (1, ?, ?, 0)",
-                (boot, forgotten),
+                "VALUES (1, ?, ?, ?)",
+                (boot, forgotten, int(self.fsync_each_commit)),
             )
-        self.forgotten_before = forgotten
-        self.fsync_each_commit = boot is None
 
     def _vouch(self, blob_id: bytes, issued_at: int | None) -> None:
         """Raise Replayed for a blob this database cannot vouch for: one issued before an
@@ -530,8 +540,6 @@ class ReplayGuard:
     def _mark_clean(self, db: sqlite3.Connection) -> None:
         """Every commit so far durable, and the database marked so: after a planned restart of
         the system the next opener knows nothing was lost (see the module's notes)."""
-        if self.fsync_each_commit:
-            return
         db.execute("PRAGMA synchronous = FULL")
         db.execute("BEGIN IMMEDIATE")
         try:

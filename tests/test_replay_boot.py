@@ -39,23 +39,32 @@ def boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-def crashed_writer(db: Path, boot: Path, *blob_ids: bytes) -> None:
-    """A process of boot ``boot`` opens ``db``, records ``blob_ids`` and dies without closing."""
+def crashed_writer(db: Path, boot: Path, *blob_ids: bytes, fsync: bool = False) -> None:
+    """A process of boot ``boot`` opens ``db`` (with an fsync per commit if ``fsync``), records
+    ``blob_ids`` and dies without closing."""
     script = textwrap.dedent(
         """
         import os, signal, sys, time
         from pathlib import Path
         from gateway import replay
         replay.BOOT_ID_FILE = Path(sys.argv[2])
-        guard = replay.ReplayGuard(sys.argv[1])
+        guard = replay.ReplayGuard(sys.argv[1], fsync=sys.argv[3] == "fsync")
         now = int(time.time())
-        for blob_id in sys.argv[3:]:
+        for blob_id in sys.argv[4:]:
             guard.consume(bytes.fromhex(blob_id), now + 600, now=now, issued_at=now)
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, str(db), str(boot), *(b.hex() for b in blob_ids)],
+        [
+            sys.executable,
+            "-c",
+            script,
+            str(db),
+            str(boot),
+            "fsync" if fsync else "kernel",
+            *(b.hex() for b in blob_ids),
+        ],
         capture_output=True,
         timeout=60,
         check=False,
@@ -236,3 +245,19 @@ def test_a_writer_still_at_work_when_another_closes_clears_the_mark(
     boot.write_text("two\n")
     with ReplayGuard(db) as guard:
         assert guard.forgotten_before is not None
+
+
+def test_a_guard_asked_to_fsyncs_every_commit_and_its_crash_costs_nothing(
+    tmp_path: Path, boot: Path
+) -> None:
+    db = tmp_path / "r.db"
+    with ReplayGuard(db, fsync=True) as guard:
+        assert guard.fsync_each_commit
+        assert clean_mark(db) == 1  # every commit of this guard is durable: always clean
+    assert synchronous(db) == 1  # the next guard, not asked to, relies on the boot id again
+    crashed_writer(db, boot, BLOB, fsync=True)
+    boot.write_text("two\n")
+    with ReplayGuard(db) as guard:
+        assert guard.forgotten_before is None
+        with pytest.raises(Replayed, match="already opened"):
+            guard.consume(BLOB, NOW + 600, now=NOW, issued_at=NOW)

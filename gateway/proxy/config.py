@@ -257,6 +257,7 @@ class ProxyConfig(_Strict):
         "host_id": "restart",
         "keyring": "restart (the file's keys: reload)",
         "replay_db": "restart",
+        "replay_fsync": "restart",
         "control_socket": "restart",
         "metrics_listen": "restart",
         "identity": "restart (the file's keys: reload)",
@@ -277,6 +278,11 @@ class ProxyConfig(_Strict):
     replay_db: str
     """Path of the replay database (SQLite) on persistent local storage: the single-use
     guarantee."""
+    replay_fsync: bool = False
+    """Wait for the disk (an fsync) at every replay record, before the blob's state is passed
+    on: a millisecond or more on each migration's critical path. Off, a record reaches the
+    kernel and a restart after a crash is detected by the boot id (SECURITY.md, "The replay
+    guard"); on, records also survive a failing disk that drops what it could not write."""
     identity: str | None = None
     """This host's private identity file (``keys host-init``), for the identity suite."""
     trust_store: str | None = None

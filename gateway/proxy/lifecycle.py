@@ -37,6 +37,7 @@ RESTART_KEYS = (
     "host_id",
     "keyring",
     "replay_db",
+    "replay_fsync",
     "control_socket",
     "metrics_listen",
     "identity",

@@ -434,7 +434,7 @@ class ProxyServer:
             if config.identity is not None and config.trust_store is not None
             else None
         )
-        self.replay_guard = ReplayGuard(config.replay_db)
+        self.replay_guard = ReplayGuard(config.replay_db, fsync=config.replay_fsync)
         self.metrics = Metrics()
         self.state = ProxyState(
             config=config,

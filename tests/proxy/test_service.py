@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from gateway import replay
 from gateway.errors import GatewayError, ProtocolError, TooLarge
 from gateway.proxy import server as server_module
 from gateway.proxy.config import ProxyConfig, parse_config
@@ -398,3 +399,29 @@ async def test_health_says_starting_until_every_route_listens(
             starting.cancel()
         await asyncio.gather(starting, return_exceptions=True)
         await proxy.stop()
+
+
+def test_replay_fsync_makes_every_replay_record_wait_for_the_disk(
+    tmp_path: Path, keyring_path: Path
+) -> None:
+    for setting in (False, True):
+        text = config_toml(
+            host_id="host-a",
+            keyring=keyring_path,
+            replay_db=tmp_path / f"replay-{setting}.sqlite",
+            routes=[
+                {
+                    "name": "vm",
+                    "listen": f"127.0.0.1:{free_port()}",
+                    "upstream": f"127.0.0.1:{free_port()}",
+                    "vm_id": str(uuid.uuid4()),
+                }
+            ],
+            settings={"replay_fsync": setting},
+        )
+        guard = ProxyServer(parse_config(text.encode())).replay_guard
+        try:
+            # Without a boot id to rely on, every commit is an fsync anyway.
+            assert guard.fsync_each_commit is (setting or replay.boot_id() is None)
+        finally:
+            guard.close()
